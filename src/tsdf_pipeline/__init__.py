@@ -1,0 +1,4 @@
+"""tsdf pipeline
+"""
+
+__version__ = "0.1"

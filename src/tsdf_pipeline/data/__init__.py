@@ -1,0 +1,1 @@
+"""data (core layer: torch/numpy/pillow only)."""

@@ -1,0 +1,5 @@
+"""Kedro datasets of this project (Kedro layer)."""
+
+from tsdf_pipeline.datasets.torch_dataset import TorchDataset
+
+__all__ = ["TorchDataset"]

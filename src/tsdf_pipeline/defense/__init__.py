@@ -1,0 +1,1 @@
+"""defense (core layer: torch/numpy/pillow only)."""

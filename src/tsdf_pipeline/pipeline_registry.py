@@ -1,0 +1,16 @@
+"""Project pipelines: only stages that work are registered."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from tsdf_pipeline.pipelines import data_ingestion
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Map pipeline names to ``Pipeline`` objects; ``__default__`` chains every stage on the active config."""
+    pipelines = {
+        "data_ingestion": data_ingestion.create_pipeline(),
+    }
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    return pipelines

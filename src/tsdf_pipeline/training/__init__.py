@@ -1,0 +1,1 @@
+"""training (core layer: torch/numpy/pillow only)."""
