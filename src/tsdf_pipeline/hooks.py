@@ -48,7 +48,7 @@ class MlflowExtrasHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         self._tags = {
-            "kedro_session_id": str(run_params.get("session_id")),
+            "kedro_session_id": str(run_params.get("session_id") or run_params.get("run_id")),
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "cuda_available": str(torch.cuda.is_available()),

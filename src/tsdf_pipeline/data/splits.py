@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from tsdf_pipeline.data.celeba import CelebAIndex, CelebAFormatError
+from tsdf_pipeline.data.celeba import CelebAFormatError, CelebAIndex
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,13 @@ from typing import Any
 
 import fsspec
 import torch
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):

@@ -54,8 +54,8 @@ def build_subsets(
         n = len(subset["image_ids"])
         report[name] = {"split": spec["split"], "requested": spec.get("count"), "available": int(rows.size),
                         "decoded": n, "skipped": skipped, "seconds": round(seconds, 3)}
-        metrics |= {f"ingestion.{name}.images": n, f"ingestion.{name}.skipped": len(skipped),
-                    f"ingestion.{name}.seconds": seconds, f"ingestion.{name}.images_per_s": n / max(seconds, 1e-9)}
+        metrics |= {f"{name}.images": n, f"{name}.skipped": len(skipped),
+                    f"{name}.seconds": seconds, f"{name}.images_per_s": n / max(seconds, 1e-9)}
         log.info("%s subset: %d images (%d skipped) in %.1f s", name, n, len(skipped), seconds)
         subsets.append(subset)
     return subsets[0], subsets[1], report, as_mlflow_metrics(metrics)
