@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -13,8 +14,9 @@ from kedro.framework.startup import bootstrap_project
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def make_project(tmp_path: Path, local_params: dict[str, Any] | None = None) -> Path:
-    """Copy ``pyproject.toml`` and ``conf/`` into ``tmp_path/project``; ``local_params`` go to conf/local."""
+def make_project(tmp_path: Path, local_params: dict[str, Any] | None = None,
+                 local_catalog: dict[str, Any] | None = None) -> Path:
+    """Copy ``pyproject.toml`` and ``conf/`` into ``tmp_path/project``; local params/catalog go to conf/local."""
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(PROJECT / "pyproject.toml", project)
@@ -24,6 +26,8 @@ def make_project(tmp_path: Path, local_params: dict[str, Any] | None = None) -> 
     (project / "src").mkdir()  # bootstrap_project checks it exists; the package itself is installed
     if local_params:
         (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local_params))
+    if local_catalog:
+        (project / "conf" / "local" / "catalog.yml").write_text(yaml.safe_dump(local_catalog))
     return project
 
 
@@ -33,5 +37,9 @@ def run_project(project: Path, monkeypatch, pipeline: str | None = None, env: st
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(project / 'mlflow.db').as_posix()}")
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=env) as session:
-        return session.run(pipeline_names=[pipeline] if pipeline else None, **kwargs)
+    try:
+        with KedroSession.create(project_path=project, env=env) as session:
+            return session.run(pipeline_names=[pipeline] if pipeline else None, **kwargs)
+    finally:
+        while mlflow.active_run() is not None:  # a failed run is left active by kedro-mlflow
+            mlflow.end_run("FAILED")

@@ -43,7 +43,16 @@ class SeedHook:
 
 
 class MlflowExtrasHook:
-    """Tags the MLflow run that kedro-mlflow opened with the Kedro session id and the software versions."""
+    """Tags the MLflow run with the Kedro session id and software versions, and logs report files.
+
+    A catalog entry with ``metadata: {mlflow_artifact: true}`` is logged as an MLflow artifact (under its
+    dataset name) right after it is saved, keeping its own versioned copy under ``data/``. (kedro-mlflow's
+    ``MlflowArtifactDataset`` refuses a versioned inner dataset in Kedro 1.7.)
+    """
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        self._catalog = catalog
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -66,3 +75,16 @@ class MlflowExtrasHook:
         if mlflow.active_run() is not None:
             mlflow.set_tags(self._tags)
             self._tagged = True
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        dataset = self._catalog.get(dataset_name)
+        if not (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact"):
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        versioned = getattr(dataset, "_version", None)
+        path = dataset._get_versioned_path(dataset.resolve_save_version()) if versioned else dataset._filepath
+        mlflow.log_artifact(str(path), artifact_path=dataset_name)

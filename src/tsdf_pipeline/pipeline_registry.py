@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from tsdf_pipeline.pipelines import data_ingestion
+from tsdf_pipeline.pipelines import data_ingestion, model_loading
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Map pipeline names to ``Pipeline`` objects; ``__default__`` chains every stage on the active config."""
     pipelines = {
         "data_ingestion": data_ingestion.create_pipeline(),
+        "model_loading": model_loading.create_pipeline(),
     }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

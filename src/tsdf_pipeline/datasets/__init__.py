@@ -1,5 +1,6 @@
 """Kedro datasets of this project (Kedro layer)."""
 
+from tsdf_pipeline.datasets.checkpoint_dataset import CheckpointDataset
 from tsdf_pipeline.datasets.torch_dataset import TorchDataset
 
-__all__ = ["TorchDataset"]
+__all__ = ["CheckpointDataset", "TorchDataset"]

@@ -1,0 +1,192 @@
+"""Speed and memory of TSDF stage-1 steps: the project's loop vs a plain release-style step.
+
+Usage (torch alone, no kedro)::
+
+    python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--batches 6]
+    python benchmarks/stage1_speed.py --config demo --device cpu
+
+``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
+defaults), 256 px, batch 8. ``demo``: the same four architectures, small, at 64 px, batch 4.
+One batch = 3 feature-ensemble steps + 1 end-to-end step. Reported: images·steps/s in steady state (clean passes
+cached after a warm-up batch), peak memory, and the ratio to a plain fp32 eager step that recomputes the clean
+passes in every step, applies DI with interpolate/pad and reads the per-victim losses with ``.item()`` (like the
+release's ``train.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tsdf_pipeline.defense.feature_contrast import enhance_feature_contrast
+from tsdf_pipeline.defense.input_diversity import diversity_range, diversity_reference
+from tsdf_pipeline.defense.interruption import InterruptionConfig, _Stage1
+from tsdf_pipeline.defense.victim_ops import prepare_victims
+from tsdf_pipeline.models import build_generator
+from tsdf_pipeline.models.victims import make_victim
+
+DEMO = {
+    "stargan": {"conv_dim": 16, "repeat_num": 2},
+    "attentiongan": {"conv_dim": 16, "repeat_num": 2},
+    "attgan": {"enc_dim": 16, "dec_dim": 16, "enc_layers": 4, "dec_layers": 4, "img_size": 64},
+    "hisd": {"new_size": 64, "style_dim": 32, "noise_dim": 16, "encoder": [16, 32, 64], "decoder": [64, 32, 16],
+             "extractors": [16, 32, 64, 64], "translators": [64, 64], "mappers_pre": [32, 32],
+             "mappers_post": [32, 32]},
+}
+
+
+def build_victims(config: str) -> tuple[list, int, int]:
+    """(victims, image size, batch size) with random weights."""
+    torch.manual_seed(0)
+    size, batch = (256, 8) if config == "paper" else (64, 4)
+    victims = []
+    for arch in ("stargan", "attentiongan", "attgan", "hisd"):
+        gen = build_generator(arch) if config == "paper" else build_generator(arch, **DEMO[arch])
+        options = {"image_size": size} if arch in ("stargan", "attentiongan") else {}
+        if arch == "hisd":
+            options["reference"] = torch.rand(1, 3, size, size) * 2 - 1
+        victims.append(make_victim(arch, gen, **options))
+    return victims, size, batch
+
+
+def release_style_batch(victims, x, attrs, state, *, cfg: InterruptionConfig, rng: random.Random) -> None:
+    """One batch as the release computes it: clean passes recomputed per step, fp32 eager, host syncs."""
+    di = diversity_range(x.shape[-1])
+    size = cfg.feature_size
+
+    def di_call(inp):
+        r = rng.randint(di.low, di.high)
+        top, left = rng.randrange(di.pad - r), rng.randrange(di.pad - r)
+        return diversity_reference(inp, r, top, left, di.pad) if rng.random() < cfg.di_prob else inp
+
+    def resized(f):
+        return F.interpolate(f[0], size=(size, size), mode="bilinear", align_corners=False)
+
+    order = list(range(len(victims)))
+    for _ in range(cfg.inner_steps):
+        w = state["w"].clone().requires_grad_(True)
+        rng.shuffle(order)
+        clean_maps, adv_maps = [], []
+        for m in order:
+            v = victims[m]
+            t = v.targets(attrs, "train")
+            with torch.no_grad():
+                clean_maps.append(resized(v.feature(x, t)))
+            adv_maps.append(resized(v.feature(di_call(x + w), t)))
+        c_map, a_map = torch.cat(clean_maps, 1).sum(1), torch.cat(adv_maps, 1).sum(1)
+        enh = enhance_feature_contrast(c_map, a_map, cfg.enh_temperature, cfg.enh_alpha)
+        loss = -F.mse_loss(a_map, c_map) + cfg.enh_weight * F.mse_loss(enh, a_map)
+        loss.backward()
+        g = w.grad / (w.grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+        state["w"] = (state["w"] - cfg.step_size * g.sign()).clamp(-cfg.epsilon, cfg.epsilon)
+    w = state["w"].clone().requires_grad_(True)
+    rng.shuffle(order)
+    total, losses = 0.0, {}
+    for m in order:
+        v = victims[m]
+        t = v.targets(attrs, "train")
+        with torch.no_grad():
+            out_c, feat_c = v.edit_with_feature(x, t)
+        out_a, feat_a = v.edit_with_feature(di_call(x + w), t)
+        lm = -(cfg.output_loss_weight * F.mse_loss(out_a, out_c)
+               + cfg.feature_loss_weight * F.mse_loss(resized(feat_a), resized(feat_c)))
+        losses[m] = lm.item()
+        total = total + state["weights"][m] * lm
+    total.backward()
+    g = w.grad / (w.grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12) + cfg.momentum * state["momentum"]
+    state["momentum"] = g
+    state["w"] = (state["w"] - cfg.step_size * g.sign()).clamp(-cfg.epsilon, cfg.epsilon)
+    for m, lm in losses.items():
+        state["ema"][m] = cfg.ema * state["ema"][m] + (1 - cfg.ema) * lm
+    weights = torch.softmax(torch.tensor(state["ema"]) / cfg.temperature, 0)
+    state["weights"] = [float(v) for v in weights]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=("paper", "demo"), default="demo")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, default=4, help="timed batches (after one warm-up batch)")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    victims, size, batch = build_victims(args.config)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
+    attrs = torch.randint(0, 2, (batch, 40), generator=gen).float().to(device)
+    cfg = InterruptionConfig(batch_size=batch, device=str(device), amp=not args.no_amp, compile=args.compile,
+                             progress=False)
+    steps = cfg.inner_steps + 1
+    print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile}")
+
+    prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
+    stage = _Stage1(prepared, cfg, device, size, n_batches=1)
+    m = len(victims)
+    state = {"w": torch.zeros(1, 3, size, size, device=device), "momentum": torch.zeros(1, 3, size, size,
+             device=device), "ema": torch.zeros(m, device=device), "weights": torch.full((m,), 1 / m, device=device)}
+    stage.start_epoch(0)
+    t0 = time.perf_counter()
+    stage.step(0, 0, x, attrs, state)  # warm-up: clean pass, cuDNN autotune, compilation
+    _sync(device)
+    warm = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for b in range(args.batches):
+        stage.start_epoch(b + 1)
+        stage.step(b + 1, 0, x, attrs, state)
+    _sync(device)
+    ours = time.perf_counter() - t0
+    rate = batch * steps * args.batches / ours
+    print(f"project loop : warm-up {warm:.2f} s, {ours / args.batches:.3f} s/batch, {rate:.1f} images·steps/s, "
+          f"peak {_peak(device)}; paper epoch (16 batches) ≈ {16 * ours / args.batches:.2f} s")
+    assert state["w"].abs().max() <= cfg.epsilon + 1e-6
+    if args.skip_plain:
+        return
+
+    for v in victims:
+        v.to(memory_format=torch.contiguous_format)
+    plain_state = {"w": torch.zeros(1, 3, size, size, device=device), "momentum": torch.zeros(1, 3, size, size,
+                   device=device), "ema": [0.0] * m, "weights": [1 / m] * m}
+    rng = random.Random(0)
+    release_style_batch(victims, x, attrs, plain_state, cfg=cfg, rng=rng)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        release_style_batch(victims, x, attrs, plain_state, cfg=cfg, rng=rng)
+    _sync(device)
+    plain = time.perf_counter() - t0
+    plain_rate = batch * steps * args.batches / plain
+    print(f"plain fp32   : {plain / args.batches:.3f} s/batch, {plain_rate:.1f} images·steps/s, peak {_peak(device)}")
+    print(f"speed-up     : {rate / plain_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""TSDF stage 1 (interruption): one universal perturbation ``w`` against an ensemble of face-editing victims.
+
+Per batch of the fixed training subset (TSDF_METHOD.md §1.3, the release's ``train.py`` with ``do_poison=False``):
+
+1. ``inner_steps`` feature-ensemble steps. For every victim ``m`` (in a shuffled order) the middle feature of
+   ``DI(x + w)`` is resized to ``feature_size``², summed over channels and over victims into ``A [B,s,s]``
+   (``C`` likewise from the clean ``x``). ``L = -MSE(A, C) + enh_weight · MSE(enhance(C, A), A)``; then
+   ``w <- clip(w - α·sign(g / mean|g|), ±ε)`` with ``g = ∂L/∂w`` (no momentum).
+2. One end-to-end step: ``L_m = 0.7·(-MSE(G_m(DI(x+w)), G_m(x))) + 0.3·(-MSE(mid_m(DI(x+w)), mid_m(x)))``,
+   ``L = Σ_m ω_m L_m``; ``ĝ = g / mean|g| + 0.8·mom``, ``mom <- ĝ``, ``w <- clip(w - α·sign(ĝ), ±ε)``; then
+   ``EMA <- 0.9·EMA + 0.1·L`` and ``ω <- softmax(EMA / 0.1)`` (init: EMA 0, ω 1/M). A victim the perturbation
+   disrupts least has the largest (least negative) ``L_m`` and so the largest weight.
+
+Differences from the release, none of which changes the update:
+
+* The clean outputs ``G_m(x)`` and clean features ``mid_m(x)`` do not depend on ``w``. The release recomputes them
+  in every step (4 extra forward passes per step); here they are computed once per batch and, with
+  ``cache_clean="run"``, kept for all epochs (the subset and its order are fixed).
+* EMA and weights stay on the device (the release calls ``.item()`` per victim per step); losses and weights
+  reach the host once per epoch (or per checkpoint) through the loop's history.
+* Input diversity is one gather with pre-drawn index tables (see ``input_diversity``); each victim call gets
+  its own draw, as in the release. Victim order is shuffled per step like the release does; it only decides
+  which victim receives which DI draw and the summation order, so it does not change the expected update
+  (``shuffle_victims=False`` gives a fixed order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tsdf_pipeline.defense.feature_contrast import (
+    enhance_feature_contrast,
+    resize_feature,
+    summed_feature_map,
+)
+from tsdf_pipeline.defense.input_diversity import (
+    DiversityDraw,
+    apply_diversity,
+    diversity_range,
+    sample_diversity,
+)
+from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
+from tsdf_pipeline.defense.state import config_fingerprint, make_generator
+from tsdf_pipeline.defense.victim_ops import (
+    PreparedVictim,
+    VictimLike,
+    autocast,
+    check_inputs,
+    prepare_victims,
+    resolve_device,
+)
+
+# Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
+# with other values of these.
+RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "checkpoint_every", "progress", "cache_clean")
+
+
+@dataclass
+class InterruptionConfig:
+    """Hyperparameters of TSDF stage 1 (defaults: the release, 256 px, [-1,1] pixel units)."""
+
+    epsilon: float = 0.05
+    step_size: float = 1e-3
+    epochs: int = 30
+    inner_steps: int = 3
+    feature_size: int = 32
+    feature_loss_weight: float = 0.3
+    output_loss_weight: float = 0.7
+    momentum: float = 0.8
+    ema: float = 0.9
+    temperature: float = 0.1
+    enh_weight: float = 0.001
+    enh_temperature: float = 0.1
+    enh_alpha: float = 0.4
+    di_prob: float = 0.5
+    di_low: int | None = None     # None: scaled from the image size (256 px -> 256)
+    di_high: int | None = None    # None: scaled (256 px -> 289)
+    di_pad: int | None = None     # None: scaled (256 px -> 290)
+    batch_size: int = 8
+    seed: int = 0
+    targets: Literal["train", "all"] = "train"
+    shuffle_victims: bool = True
+    cache_clean: Literal["run", "batch"] = "run"
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every: Literal["batch", "epoch"] = "epoch"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.targets not in ("train", "all"):
+            raise ValueError(f"InterruptionConfig.targets: expected 'train' or 'all', got {self.targets!r}")
+        if self.cache_clean not in ("run", "batch"):
+            raise ValueError(f"InterruptionConfig.cache_clean: expected 'run' or 'batch', got {self.cache_clean!r}")
+        if self.epsilon <= 0 or self.step_size <= 0 or self.batch_size < 1 or self.epochs < 0:
+            raise ValueError("InterruptionConfig: epsilon, step_size and batch_size must be positive, epochs >= 0")
+
+
+@dataclass
+class InterruptionResult:
+    """A universal perturbation ``w`` ``[1,3,H,W]`` (CPU, fp32, ``‖w‖∞ ≤ ε``) and the per-step history."""
+
+    w: Tensor
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def l1_normalize(grad: Tensor) -> Tensor:
+    """``g / (mean|g| + 1e-12)`` per sample (mean over C,H,W), as the release normalises gradients."""
+    return grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+
+
+def sign_step(w: Tensor, direction: Tensor, step_size: float, epsilon: float) -> Tensor:
+    """Descent step ``clip(w - step_size·sign(direction), -ε, ε)``."""
+    return (w - step_size * direction.sign()).clamp(-epsilon, epsilon)
+
+
+def momentum_direction(grad: Tensor, momentum: Tensor, decay: float) -> Tensor:
+    """MI-FGSM direction ``g/mean|g| + decay·momentum`` (also the new momentum)."""
+    return l1_normalize(grad) + decay * momentum
+
+
+def update_model_weights(ema: Tensor, losses: Tensor, beta: float, temperature: float) -> tuple[Tensor, Tensor]:
+    """``ema' = β·ema + (1-β)·losses`` and ``ω = softmax(ema'/T)``; all ``[M]`` device tensors."""
+    ema = beta * ema + (1.0 - beta) * losses
+    return ema, torch.softmax(ema / temperature, dim=0)
+
+
+@dataclass
+class _CleanPass:
+    """``w``-independent quantities of one batch: targets, clean outputs/features, the clean ensemble map."""
+
+    targets: list[Any]
+    outputs: list[Tensor]      # per victim [T,N,3,H,W]
+    features: list[Tensor]     # per victim [T,N,C,s,s] (resized)
+    feature_map: Tensor        # [N,s,s] fp32, channel- and victim-summed
+
+
+@dataclass
+class _EpochPlan:
+    """Random draws of one epoch: DI tables ``[n_batches, inner+1, M, 2, S]`` and victim orders."""
+
+    diversity: DiversityDraw
+    orders: list[list[list[int]]]
+
+
+class _Stage1:
+    """One stage-1 run: prepared victims, clean cache, epoch plan and the per-batch step."""
+
+    def __init__(self, victims: list[PreparedVictim], config: InterruptionConfig, device: torch.device,
+                 size: int, n_batches: int) -> None:
+        self.victims = victims
+        self.config = config
+        self.device = device
+        self.n_batches = n_batches
+        self.range = diversity_range(size, config.di_low, config.di_high, config.di_pad)
+        self.cache: dict[int, _CleanPass] = {}
+        self.plan: _EpochPlan | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        cfg = self.config
+        m = len(self.victims)
+        steps = cfg.inner_steps + 1
+        gen = make_generator(cfg.seed, "tsdf-stage1-plan", epoch)
+        draw = sample_diversity(self.n_batches * steps * m, self.range, cfg.di_prob, gen)
+        shape = (self.n_batches, steps, m, 2, self.range.size)
+        draw = DiversityDraw(draw.index.view(shape), draw.valid.view(shape)).to(self.device)
+        orders = [[(torch.randperm(m, generator=gen).tolist() if cfg.shuffle_victims else list(range(m)))
+                   for _ in range(steps)] for _ in range(self.n_batches)]
+        self.plan = _EpochPlan(draw, orders)
+
+    @torch.no_grad()
+    def clean_pass(self, batch: int, x: Tensor, attrs40: Tensor) -> _CleanPass:
+        if batch in self.cache:
+            return self.cache[batch]
+        cfg = self.config
+        targets, outputs, features = [], [], []
+        feature_map = torch.zeros(x.shape[0], cfg.feature_size, cfg.feature_size, device=x.device)
+        with autocast(self.device, cfg.amp):
+            for v in self.victims:
+                t = v.targets(attrs40, cfg.targets)
+                out, feat = v.edit_with_feature(x, t)
+                targets.append(t)
+                outputs.append(out)
+                features.append(resize_feature(feat, cfg.feature_size))
+                feature_map = feature_map + summed_feature_map(feat, cfg.feature_size)
+        entry = _CleanPass(targets, outputs, features, feature_map)
+        if cfg.cache_clean == "batch":
+            self.cache.clear()
+        self.cache[batch] = entry
+        return entry
+
+    def feature_loss(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
+                     order: list[int]) -> dict[str, Tensor]:
+        """Loss of one feature-ensemble step (``loss`` is minimised)."""
+        cfg = self.config
+        x_adv = x + w
+        adv_map = None
+        with autocast(self.device, cfg.amp):
+            for slot, m in enumerate(order):
+                v = self.victims[m]
+                x_di = apply_diversity(x_adv, draw.index[slot], draw.valid[slot])
+                part = summed_feature_map(v.feature(x_di, clean.targets[m]), cfg.feature_size)
+                adv_map = part if adv_map is None else adv_map + part
+        mse = F.mse_loss(adv_map, clean.feature_map)
+        enhanced = enhance_feature_contrast(clean.feature_map, adv_map, cfg.enh_temperature, cfg.enh_alpha)
+        enh_mse = F.mse_loss(enhanced, adv_map)
+        return {"loss": -mse + cfg.enh_weight * enh_mse, "mse": mse, "enh_mse": enh_mse}
+
+    def end_to_end_losses(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
+                          order: list[int]) -> Tensor:
+        """Per-victim ``L_m`` ``[M]`` (victim index order; higher = less disrupted)."""
+        cfg = self.config
+        x_adv = x + w
+        losses: list[Tensor | None] = [None] * len(self.victims)
+        with autocast(self.device, cfg.amp):
+            for slot, m in enumerate(order):
+                v = self.victims[m]
+                x_di = apply_diversity(x_adv, draw.index[slot], draw.valid[slot])
+                out, feat = v.edit_with_feature(x_di, clean.targets[m])
+                out_mse = F.mse_loss(out.float(), clean.outputs[m].float())
+                feat_mse = F.mse_loss(resize_feature(feat, cfg.feature_size).float(), clean.features[m].float())
+                losses[m] = -(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse)
+        return torch.stack(losses)
+
+    def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
+             state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        cfg = self.config
+        assert self.plan is not None
+        clean = self.clean_pass(batch, x, attrs40)
+        records: list[dict[str, Tensor]] = []
+        draws = DiversityDraw(self.plan.diversity.index[batch], self.plan.diversity.valid[batch])
+        orders = self.plan.orders[batch]
+        w = state["w"]
+        for k in range(cfg.inner_steps):
+            w_var = w.detach().requires_grad_(True)
+            parts = self.feature_loss(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]), orders[k])
+            (grad,) = torch.autograd.grad(parts["loss"], w_var)
+            w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
+            records.append({f"feature/{key}": val.detach() for key, val in parts.items()})
+
+        k = cfg.inner_steps
+        weights = state["weights"]
+        w_var = w.detach().requires_grad_(True)
+        losses = self.end_to_end_losses(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]), orders[k])
+        total = (weights * losses).sum()
+        (grad,) = torch.autograd.grad(total, w_var)
+        direction = momentum_direction(grad, state["momentum"], cfg.momentum)
+        w = sign_step(w, direction, cfg.step_size, cfg.epsilon)
+        losses = losses.detach()
+        ema, new_weights = update_model_weights(state["ema"], losses, cfg.ema, cfg.temperature)
+        record = {"e2e/loss": total.detach()}
+        for i, v in enumerate(self.victims):
+            record[f"e2e/loss/{v.name}"] = losses[i]
+            record[f"weight/{v.name}"] = weights[i]
+        records.append(record)
+        state.update(w=w.detach(), momentum=direction.detach(), ema=ema, weights=new_weights)
+        return records
+
+
+def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: InterruptionConfig,
+                     *, checkpoint_path: str | Path | None = None, callback: Callback | None = None,
+                     resume: bool = True) -> InterruptionResult:
+    """Optimise TSDF's stage-1 universal perturbation.
+
+    ``victims``: the ensemble (moved to ``config.device`` in place; channels-last on CUDA when configured).
+    ``images``: ``[N,3,S,S]`` in [-1,1], used in fixed batches of ``config.batch_size`` (the release: the first
+    128 training images). ``attrs40``: ``[N,40]`` in {0,1}, CelebA column order. With ``checkpoint_path`` the
+    state is written atomically every epoch (or batch) and, when ``resume``, a run continues from it with the
+    same final result as an uninterrupted run. ``callback(step, metrics)`` sees every step's losses and
+    weights, delivered at sync points. Deterministic for a given seed on the CPU.
+    """
+    check_inputs("interruption", victims, images, attrs40)
+    device = resolve_device(config.device)
+    prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
+    images = images.to(device=device, dtype=torch.float32)
+    attrs40 = attrs40.to(device=device, dtype=torch.float32)
+    size = images.shape[-1]
+    n_batches = -(-images.shape[0] // config.batch_size)
+    m = len(victims)
+    init = make_generator(config.seed, "tsdf-stage1-init")
+    w0 = (torch.rand(1, 3, size, size, generator=init) * 2.0 - 1.0) * config.epsilon
+    state = {
+        "w": w0.to(device),
+        "momentum": torch.zeros(1, 3, size, size, device=device),
+        "ema": torch.zeros(m, device=device),
+        "weights": torch.full((m,), 1.0 / m, device=device),
+    }
+    stage = _Stage1(prepared, config, device, size, n_batches)
+    final = run_loop(
+        images, attrs40, state,
+        settings=LoopSettings("interruption", config.epochs, config.batch_size, config.checkpoint_every,
+                              config.progress),
+        step=stage.step, start_epoch=stage.start_epoch,
+        fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims], images.shape),
+        checkpoint_path=checkpoint_path, resume=resume, callback=callback,
+    )
+    return InterruptionResult(w=final.tensors["w"].detach().float().cpu(), history=final.history)

@@ -1,0 +1,92 @@
+"""Per-image PGD of Ruiz et al. 2020 ("Disrupting Deepfakes", ``LinfPGDAttack.perturb``), MODELS.md §8.
+
+For each image: ``X = x + U(-ε, ε)`` (random start), then ``iterations`` times
+``X_adv = X + a·sign(∂L/∂X)``, ``X = clip(x + clip(X_adv - x, -ε, ε), -1, 1)`` with ``L = MSE(G(X, t), G(x, t))``
+(ascent: away from the clean edit). The perturbation returned is ``X - x``: in the ε-ball, and ``x + δ`` in [-1,1].
+
+With one victim and one target this is the vanilla per-class attack. With several targets and/or victims it is
+the "joint class-transferable" variant (``perturb_joint_class``) extended to the ensemble: each iteration
+ascends the sum of the per-target MSEs over all victims' targets. Unlike the upstream function, which compares
+every target's edit with a single ``y``, each target is compared with its own clean edit.
+
+Images are processed ``batch_size`` at a time; every loss term is a mean over the batch, so each image's
+gradient sign, hence its update, is the same as when attacked alone (the victims normalise per instance or
+with fixed running statistics, so images do not interact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tsdf_pipeline.defense.state import make_generator
+from tsdf_pipeline.defense.victim_ops import (
+    VictimLike,
+    autocast,
+    check_inputs,
+    prepare_victims,
+    resolve_device,
+)
+
+
+@dataclass
+class PGDConfig:
+    """Ruiz et al. PGD settings (defaults: ``LinfPGDAttack``: ε 0.05, k 10, a 0.01, random start)."""
+
+    epsilon: float = 0.05
+    iterations: int = 10
+    step_size: float = 0.01
+    random_start: bool = True
+    batch_size: int = 16
+    targets: Literal["train", "all"] = "all"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.targets not in ("train", "all"):
+            raise ValueError(f"PGDConfig.targets: expected 'train' or 'all', got {self.targets!r}")
+
+
+def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon: float) -> Tensor:
+    """One PGD ascent step: ``clip(x_nat + clip(x + a·sign(g) - x_nat, ±ε), -1, 1)``."""
+    eta = (x + step_size * grad.sign() - x_nat).clamp(-epsilon, epsilon)
+    return (x_nat + eta).clamp(-1.0, 1.0)
+
+
+def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: PGDConfig) -> Tensor:
+    """Per-image perturbations ``[N,3,H,W]`` (CPU fp32, ``‖δ_i‖∞ ≤ ε``, ``x_i + δ_i`` in [-1,1]), one per image."""
+    check_inputs("pgd", victims, images, attrs40)
+    device = resolve_device(config.device)
+    prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
+    out = torch.empty(images.shape, dtype=torch.float32)
+    starts = range(0, images.shape[0], config.batch_size)
+    for b, start in enumerate(tqdm(starts, desc="pgd", disable=not config.progress)):
+        x = images[start:start + config.batch_size].to(device=device, dtype=torch.float32)
+        attrs = attrs40[start:start + config.batch_size].to(device=device, dtype=torch.float32)
+        targets = [v.targets(attrs, config.targets) for v in prepared]
+        with torch.no_grad(), autocast(device, config.amp):
+            clean = [v.edit(x, t).float() for v, t in zip(prepared, targets)]
+        x_cur = x
+        if config.random_start:
+            gen = make_generator(config.seed, "pgd", b, device=device)
+            x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
+        for _ in range(config.iterations):
+            x_var = x_cur.detach().requires_grad_(True)
+            with autocast(device, config.amp):
+                loss = sum(
+                    F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
+                    for v, t, y in zip(prepared, targets, clean)
+                )
+            (grad,) = torch.autograd.grad(loss, x_var)
+            x_cur = pgd_update(x, x_var.detach(), grad, config.step_size, config.epsilon)
+        out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
+    return out

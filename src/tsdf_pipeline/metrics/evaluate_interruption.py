@@ -1,0 +1,317 @@
+"""Interruption evaluation: how much a protection breaks the victims' edits (TSDF §2.1, decision 6).
+
+For every batch of clean images ``x`` ``[B,3,H,W]`` in [-1,1] the published image is
+``p = quantize_8bit(clamp(x + w, -1, 1))`` (decision 9), optionally purified by the attacker (JPEG, blur).
+Each victim edits the clean ``x`` once for all its targets (``G(x)``, shared by every purification) and
+each purified ``p`` once for all targets (``G(p)``); the metrics of ``tsdf_pipeline.metrics.disruption`` and
+``image_quality`` compare ``G(p)`` with ``G(x)`` per sample and are aggregated into rows (plain dicts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tsdf_pipeline.metrics.disruption import edit_mask, l1, l2_mask, mse, ruiz_success, success_rate_mask
+from tsdf_pipeline.metrics.grids import amplified_difference, image_rows
+from tsdf_pipeline.metrics.image_quality import denorm, ms_ssim, psnr, ssim
+from tsdf_pipeline.metrics.purification import apply_purification, check_purifications, protect
+from tsdf_pipeline.models.victims import RECON, EditTargets, Victim
+
+KIND_INTERRUPTION = "interruption"
+KIND_WATERMARK = "watermark"
+# Row fields averaged over samples (weight n_samples) and over valid samples (weight n_valid).
+_SAMPLE_MEANS = ("mse", "l1", "psnr_out", "ssim_out_w3", "ssim_out_w7")
+_VALID_MEANS = ("l2_mask",)
+_COUNTS = ("n_samples", "n_valid", "n_empty_mask", "n_success", "n_ruiz_success")
+_RATES = ("sr_mask", "sr_mask_all", "ruiz_sr")
+_METRIC_FIELDS = frozenset(_SAMPLE_MEANS + _VALID_MEANS + _COUNTS + _RATES)
+
+
+def check_inputs(
+    images: Tensor, attrs40: Tensor | None, perturbation: Tensor | None, batch_size: int
+) -> None:
+    """Validate evaluation inputs (``None`` skips a check); errors name the argument and expected shape."""
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(
+            f"images: expected a non-empty [N,3,H,W] tensor in [-1,1], got {tuple(images.shape)}"
+        )
+    n, _, h, w = images.shape
+    if attrs40 is not None and (attrs40.dim() != 2 or attrs40.shape[0] != n or attrs40.shape[1] != 40):
+        raise ValueError(
+            f"attrs40: expected [{n},40] CelebA labels for the {n} images, got {tuple(attrs40.shape)}"
+        )
+    if perturbation is not None and (
+        perturbation.dim() != 4 or perturbation.shape[0] not in (1, n) or perturbation.shape[1:] != (3, h, w)
+    ):
+        raise ValueError(
+            f"perturbation: expected [1,3,{h},{w}] (universal) or [{n},3,{h},{w}] (per image), "
+            f"got {tuple(perturbation.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+
+
+def perturbation_slice(perturbation: Tensor, start: int, stop: int) -> Tensor:
+    """Rows of ``perturbation`` for images ``start:stop``: itself if universal ``[1,...]``, else a slice."""
+    return perturbation if perturbation.shape[0] == 1 else perturbation[start:stop]
+
+
+def _per_sample(x: Tensor, clean: Tensor, adv: Tensor) -> dict[str, Tensor]:
+    """Per-(target, image) values ``[T,B]`` (on CPU) of ``adv`` vs ``clean`` edits ``[T,B,3,H,W]``."""
+    t, b = clean.shape[:2]
+    xs = x.unsqueeze(0).expand_as(clean).reshape(t * b, *x.shape[1:])
+    c = clean.reshape(t * b, *x.shape[1:])
+    a = adv.reshape(t * b, *x.shape[1:])
+    l2, valid = l2_mask(a, c, edit_mask(c, xs))
+    values = {
+        "l2": l2,
+        "valid": valid,
+        "mse": mse(a, c),
+        "l1": l1(a, c),
+        "psnr_out": psnr(a, c),
+        "ssim_out_w3": ssim(a, c, 3, "per_image"),
+        "ssim_out_w7": ssim(a, c, 7, 1.0),
+    }
+    return {k: v.detach().reshape(t, b).cpu() for k, v in values.items()}
+
+
+def _mean(v: Tensor) -> float:
+    return float(v.double().mean()) if v.numel() else math.nan
+
+
+def _interruption_metrics(values: dict[str, Tensor]) -> dict[str, Any]:
+    """Aggregate the per-sample ``[n]`` values of one (victim, target, purification) into row fields."""
+    sr = success_rate_mask(values["l2"], values["valid"])
+    ruiz = ruiz_success(values["mse"])
+    return {
+        "n_samples": sr["n_samples"],
+        "n_valid": sr["n_valid"],
+        "n_empty_mask": sr["n_empty_mask"],
+        "n_success": sr["n_success"],
+        "sr_mask": sr["sr_mask"],
+        "sr_mask_all": sr["sr_mask_all"],
+        "l2_mask": _mean(values["l2"][values["valid"]]),
+        "mse": _mean(values["mse"]),
+        "n_ruiz_success": int(ruiz.sum()),
+        "ruiz_sr": _mean(ruiz),
+        "l1": _mean(values["l1"]),
+        "psnr_out": _mean(values["psnr_out"]),
+        "ssim_out_w3": _mean(values["ssim_out_w3"]),
+        "ssim_out_w7": _mean(values["ssim_out_w7"]),
+    }
+
+
+def _watermark_values(x: Tensor, published: Tensor) -> dict[str, Tensor]:
+    """Per-image imperceptibility of ``published`` against ``x`` (both ``[B,3,H,W]`` in [-1,1])."""
+    return {
+        "watermark_psnr": psnr(x, published).cpu(),
+        "watermark_ssim_w3": ssim(x, published, 3, "per_image").cpu(),
+        "watermark_ssim_w7": ssim(x, published, 7, 1.0).cpu(),
+        "watermark_ms_ssim": ms_ssim(x, published).cpu(),
+        "watermark_linf": (published - x).abs().flatten(1).amax(dim=1).cpu(),
+    }
+
+
+def _check_victims(victims: Sequence[Victim]) -> None:
+    if not victims:
+        raise ValueError("victims: expected at least one Victim")
+    names = [v.name for v in victims]
+    if len(set(names)) != len(names):
+        raise ValueError(f"victims: names must be unique (rows are keyed by them), got {names}")
+
+
+@torch.no_grad()
+def evaluate_interruption(
+    victims: Sequence[Victim],
+    images: Tensor,
+    attrs40: Tensor,
+    perturbation: Tensor,
+    *,
+    method: str,
+    batch_size: int,
+    purifications: Sequence[str] = ("none",),
+    target_mode: str = "all",
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """Interruption rows of one protection ``method`` against ``victims``.
+
+    Args:
+        victims: victims already on ``device``; each edits with every target of ``victim.targets(attrs40,
+            target_mode)`` in one forward per batch.
+        images: ``[N,3,H,W]`` in [-1,1], the clean images (8-bit values, as loaded from files).
+        attrs40: ``[N,40]`` CelebA labels in {0,1}.
+        perturbation: ``[1,3,H,W]`` (universal) or ``[N,3,H,W]`` (per image) in [-1,1] units.
+        method: label written into every row.
+        batch_size: images per forward pass.
+        purifications: keys of ``PURIFICATIONS`` applied to the published image before editing.
+        target_mode: ``"all"`` (every official target + reconstruction) or ``"train"``.
+        device: where the victims run and the metrics are computed; ``None`` = ``images.device``.
+
+    Returns:
+        Rows with ``kind="interruption"``, one per (victim, target, purification) in that order, fields:
+
+        - ``method, victim, arch, target, purification``;
+        - counts ``n_samples, n_valid, n_empty_mask, n_success, n_ruiz_success``;
+        - ``sr_mask`` = successes / valid samples; ``sr_mask_all`` = successes / all samples (CMUA's
+          ``prop_dist``); ``l2_mask``: mean over valid samples;
+        - ``mse``, ``l1``: unmasked, [-1,1] scale; ``ruiz_sr``: fraction with unmasked MSE > 0.05;
+        - ``psnr_out``: dB on [0,1], mean over samples (``inf`` if any edit pair is identical);
+        - ``ssim_out_w3``: TSDF's SSIM, 3x3 window, data range = max - min of each ``denorm(G(p))``;
+        - ``ssim_out_w7``: standard 7x7 window, data range 1 on [0,1] (i.e. 2 on [-1,1]).
+
+        Then one ``kind="watermark"`` row (``victim``, ``arch``, ``target`` None; ``purification="none"``)
+        with the means over images of ``watermark_psnr``, ``watermark_ssim_w3``, ``watermark_ssim_w7``,
+        ``watermark_ms_ssim`` of ``p`` against ``x`` (same conventions; MS-SSIM with fewer scales below
+        161 px) and ``watermark_linf``, the largest ``|p - x|`` over all images ([-1,1] units).
+    """
+    check_inputs(images, attrs40, perturbation, batch_size)
+    _check_victims(victims)
+    purifications = tuple(purifications)
+    if not purifications:
+        raise ValueError("purifications: expected at least one name, e.g. ('none',)")
+    check_purifications(purifications)
+    dev = torch.device(device) if device is not None else images.device
+    names = {v.name: v.target_names(target_mode) for v in victims}
+    samples: dict[tuple[str, int, str], dict[str, list[Tensor]]] = {}
+    watermark: dict[str, list[Tensor]] = {}
+
+    n = images.shape[0]
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        x = images[start:stop].to(dev)
+        a40 = attrs40[start:stop].to(dev)
+        published = protect(x, perturbation_slice(perturbation, start, stop).to(dev))
+        for key, v in _watermark_values(x, published).items():
+            watermark.setdefault(key, []).append(v)
+        attacked = {p: apply_purification(p, published) for p in purifications}
+        for victim in victims:
+            t = victim.targets(a40, target_mode)
+            clean = victim.edit(x, t)
+            for p, xp in attacked.items():
+                values = _per_sample(x, clean, victim.edit(xp, t))
+                for i in range(len(t)):
+                    acc = samples.setdefault((victim.name, i, p), {})
+                    for key, v in values.items():
+                        acc.setdefault(key, []).append(v[i])
+
+    rows: list[dict[str, Any]] = []
+    for victim in victims:
+        for i, target in enumerate(names[victim.name]):
+            for p in purifications:
+                acc = samples[(victim.name, i, p)]
+                per_sample = {k: torch.cat(v) for k, v in acc.items()}
+                rows.append({
+                    "kind": KIND_INTERRUPTION, "method": method, "victim": victim.name, "arch": victim.arch,
+                    "target": target, "purification": p, **_interruption_metrics(per_sample),
+                })
+    wm = {k: torch.cat(v) for k, v in watermark.items()}
+    rows.append({
+        "kind": KIND_WATERMARK, "method": method, "victim": None, "arch": None, "target": None,
+        "purification": "none", "n_samples": n,
+        **{k: _mean(v) for k, v in wm.items() if k != "watermark_linf"},
+        "watermark_linf": float(wm["watermark_linf"].max()),
+    })
+    return rows
+
+
+def _weighted_mean(rows: Sequence[dict[str, Any]], field: str, weight: str) -> float:
+    """Mean of ``field`` weighted by ``weight``; rows of weight 0 are skipped (their value may be NaN)."""
+    pairs = [(r[field], r[weight]) for r in rows if r[weight] > 0]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else math.nan
+
+
+def aggregate_rows(
+    rows: Iterable[dict[str, Any]], by: Sequence[str] = ("method", "victim", "purification")
+) -> list[dict[str, Any]]:
+    """Pool ``kind="interruption"`` rows (e.g. all targets of a victim) into one row per ``by`` group.
+
+    Pooling is over samples, not a mean of means: counts are summed; ``sr_mask = sum n_success /
+    sum n_valid``, ``sr_mask_all = sum n_success / sum n_samples``, ``ruiz_sr = sum n_ruiz_success /
+    sum n_samples``; ``l2_mask`` is the mean weighted by ``n_valid`` and ``mse, l1, psnr_out, ssim_out_w3,
+    ssim_out_w7`` are means weighted by ``n_samples``. A sample here is one (image, target) pair. Other fields
+    keep their value when the whole group shares it and become ``"all"`` otherwise (e.g. ``target``).
+    ``n_rows`` counts the pooled rows. Rows of another kind (watermark) are ignored. Groups appear in the
+    order of their first row.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("kind") != KIND_INTERRUPTION:
+            continue
+        missing = [k for k in by if k not in row]
+        if missing:
+            raise KeyError(f"aggregate_rows: row lacks the group key(s) {missing}; row keys: {sorted(row)}")
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+
+    out: list[dict[str, Any]] = []
+    for group in groups.values():
+        merged: dict[str, Any] = {}
+        for key in group[0]:
+            if key in _METRIC_FIELDS:
+                continue
+            values = {r.get(key) for r in group}
+            merged[key] = values.pop() if len(values) == 1 else "all"
+        counts = {k: sum(r[k] for r in group) for k in _COUNTS}
+        merged.update(counts)
+        merged["n_rows"] = len(group)
+        merged["sr_mask"] = counts["n_success"] / counts["n_valid"] if counts["n_valid"] else math.nan
+        samples = counts["n_samples"]
+        merged["sr_mask_all"] = counts["n_success"] / samples if samples else math.nan
+        merged["ruiz_sr"] = counts["n_ruiz_success"] / samples if samples else math.nan
+        for field in _VALID_MEANS:
+            merged[field] = _weighted_mean(group, field, "n_valid")
+        for field in _SAMPLE_MEANS:
+            merged[field] = _weighted_mean(group, field, "n_samples")
+        out.append(merged)
+    return out
+
+
+def example_target(victim: Victim, target_mode: str = "all") -> int:
+    """Index of the first target that is not the reconstruction (or 0 when that is the only target)."""
+    target_names = victim.target_names(target_mode)
+    return next((i for i, name in enumerate(target_names) if name != RECON), 0)
+
+
+@torch.no_grad()
+def collect_examples(
+    victims: Sequence[Victim],
+    images: Tensor,
+    attrs40: Tensor,
+    perturbation: Tensor,
+    n: int = 4,
+    *,
+    target_mode: str = "all",
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Example grids per victim for the first ``n`` images.
+
+    Each row is one image: original | published ``p`` | ``G(x)`` | ``G(p)`` | ``|G(p) - G(x)| x 10``, for the
+    target :func:`example_target` picks. Inputs as :func:`evaluate_interruption`.
+
+    Returns:
+        ``{victim.name: [3, n*(H+2)+2, 5*(W+2)+2]}`` in [0,1].
+    """
+    check_inputs(images, attrs40, perturbation, 1)
+    _check_victims(victims)
+    if n < 1:
+        raise ValueError(f"n: expected a positive number of examples, got {n}")
+    n = min(n, images.shape[0])
+    dev = torch.device(device) if device is not None else images.device
+    x = images[:n].to(dev)
+    published = protect(x, perturbation_slice(perturbation, 0, n).to(dev))
+    grids: dict[str, Tensor] = {}
+    for victim in victims:
+        all_targets = victim.targets(attrs40[:n].to(dev), target_mode)
+        i = example_target(victim, target_mode)
+        t = EditTargets([all_targets.names[i]], all_targets.cond[i : i + 1])
+        clean = victim.edit(x, t)[0]
+        adv = victim.edit(published, t)[0]
+        grids[victim.name] = image_rows(
+            [denorm(x), denorm(published), denorm(clean), denorm(adv), amplified_difference(adv, clean)]
+        )
+    return grids

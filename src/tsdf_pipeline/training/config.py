@@ -1,0 +1,209 @@
+"""Training configurations: one dataclass per architecture, defaults = the upstream training scripts.
+
+Every config shares the loop settings of :class:`TrainConfig`. Image sizes default to 256 px, the size of the
+official CelebA checkpoints the pipeline attacks (upstream scripts default to 128 px; the models do not care).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tsdf_pipeline.data.attributes import ATTGAN_ATTRS, STARGAN_ATTRS
+
+# Settings that may differ between a run and its resume. All but ``num_iters`` leave the numbers unchanged;
+# raising ``num_iters`` trains longer (StarGAN's linear lr decay then follows the new end).
+RUNTIME_FIELDS: frozenset[str] = frozenset(
+    {"num_iters", "checkpoint_every", "sample_every", "log_every", "device", "progress", "resume"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings shared by every architecture.
+
+    ``num_iters`` counts loop iterations (one batch each). ``checkpoint_every``/``sample_every``/``log_every``
+    are in iterations; 0 disables periodic checkpoints/samples (the final state is always written).
+    ``device`` None picks CUDA when available. ``resume`` continues from ``out_dir``'s training state if one
+    exists. ``n_samples`` images (the first ones of the dataset) make the sample grids.
+    """
+
+    image_size: int = 256
+    batch_size: int = 16
+    num_iters: int = 200_000
+    seed: int = 0
+    checkpoint_every: int = 10_000
+    sample_every: int = 1_000
+    log_every: int = 10
+    device: str | None = None
+    n_samples: int = 8
+    progress: bool = True
+    resume: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``dict`` (tuples become lists) suitable for a weights-only checkpoint."""
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclass
+class StarGANConfig(TrainConfig):
+    """yunjey/stargan ``main.py`` defaults (CelebA): WGAN-GP + domain classification + cycle reconstruction.
+
+    ``lr_update_step``: every this many iterations within the last ``num_iters_decay`` iterations both
+    learning rates drop by ``lr / num_iters_decay``, exactly as upstream (with the defaults: 100 drops of
+    1e-5 * lr, i.e. a 0.1% decrease overall; ``lr_update_step=1`` gives a linear decay to 0).
+    """
+
+    selected_attrs: tuple[str, ...] = STARGAN_ATTRS
+    g_conv_dim: int = 64
+    d_conv_dim: int = 64
+    g_repeat_num: int = 6
+    d_repeat_num: int = 6
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    lambda_gp: float = 10.0
+    num_iters_decay: int = 100_000
+    lr_update_step: int = 1_000
+    g_lr: float = 1e-4
+    d_lr: float = 1e-4
+    n_critic: int = 5
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class AttentionGANConfig(StarGANConfig):
+    """Ha0Tang/AttentionGAN ``AttentionGAN-v1-multi/main.py`` defaults: identical to StarGAN's."""
+
+
+@dataclass
+class AttGANConfig(TrainConfig):
+    """elvisyjlin/AttGAN-PyTorch ``train.py`` defaults, WGAN-GP mode.
+
+    Each iteration is either a D step or a G step: G every ``n_d + 1``-th iteration. ``lambda_1`` weighs the
+    reconstruction, ``lambda_2`` G's attribute classification, ``lambda_3`` D's. Conditions are
+    ``(att*2-1)*thres_int``; ``b_distribution`` "uniform"/"truncated_normal" rescales the target randomly.
+    The learning rate is divided by 10 every ``lr_decay_epochs`` epochs (``len(dataset)//batch_size``
+    iterations each). ``num_iters`` defaults to upstream's 200 epochs of the 182,000-image CelebA train split.
+    """
+
+    batch_size: int = 32
+    num_iters: int = 200 * (182_000 // 32)
+    attrs: tuple[str, ...] = ATTGAN_ATTRS
+    enc_dim: int = 64
+    enc_layers: int = 5
+    dec_dim: int = 64
+    dec_layers: int = 5
+    shortcut_layers: int = 1
+    inject_layers: int = 0
+    dis_dim: int = 64
+    dis_fc_dim: int = 1024
+    dis_layers: int = 5
+    lambda_1: float = 100.0
+    lambda_2: float = 10.0
+    lambda_3: float = 1.0
+    lambda_gp: float = 10.0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_d: int = 5
+    b_distribution: str = "none"
+    thres_int: float = 0.5
+    test_int: float = 1.0
+    lr_decay_epochs: int = 100
+
+
+def _celeba_hq_tag_rules() -> dict[str, dict[str, dict[str, int]]]:
+    """HiSD ``preprocessors/celeba-hq.py``: tag -> attribute -> required CelebA column values (0/1)."""
+    no_hair = {"Black_Hair": 0, "Blond_Hair": 0, "Brown_Hair": 0, "Gray_Hair": 0}
+    return {
+        "Bangs": {"with": {"Bangs": 1}, "without": {"Bangs": 0}},
+        "Eyeglasses": {"with": {"Eyeglasses": 1}, "without": {"Eyeglasses": 0}},
+        "HairColor": {
+            "black": {**no_hair, "Black_Hair": 1},
+            "blond": {**no_hair, "Blond_Hair": 1},
+            "brown": {**no_hair, "Brown_Hair": 1},
+        },
+    }
+
+
+def _hisd_generator_sizes() -> dict[str, Any]:
+    """``configs/celeba-hq_256.yaml`` generator sizes (tags come from ``tag_rules``)."""
+    return {
+        "style_dim": 256,
+        "noise_dim": 32,
+        "encoder": [64, 128, 256],
+        "decoder": [256, 128, 64],
+        "extractors": [32, 64, 128, 256, 512, 512, 512],
+        "translators": [64, 64, 64, 64, 64, 64, 64, 64],
+        "mappers_pre": [256, 256, 256],
+        "mappers_post": [256, 256, 256],
+    }
+
+
+@dataclass
+class HiSDConfig(TrainConfig):
+    """imlixinyang/HiSD ``configs/celeba-hq_256.yaml`` and ``core/trainer.py`` defaults.
+
+    ``tag_rules`` maps tag -> attribute -> the CelebA columns (name -> 0/1) an image must match to belong to
+    that attribute; an image matching no attribute of a tag (e.g. no single hair colour) is not used for
+    that tag. The order of tags and attributes is the generator's tag/attribute index order.
+    ``condition_attrs`` are the tag-irrelevant conditions fed to D as ±1 (upstream: Male, Young).
+    ``generator``: HiSD generator sizes (keys of ``models.hisd.DEFAULT_CONFIG`` except ``tags``,
+    ``new_size``, ``input_dim``); ``dis_channels``: D trunk channels.
+    """
+
+    batch_size: int = 8
+    num_iters: int = 600_000
+    tag_rules: dict[str, dict[str, dict[str, int]]] = field(default_factory=_celeba_hq_tag_rules)
+    condition_attrs: tuple[str, ...] = ("Male", "Young")
+    generator: dict[str, Any] = field(default_factory=_hisd_generator_sizes)
+    dis_channels: tuple[int, ...] = (32, 64, 128, 256, 512, 512, 512)
+    lr_dis: float = 1e-4
+    lr_gen_others: float = 1e-4
+    lr_gen_mappers: float = 1e-6
+    beta1: float = 0.0
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+    adv_w: float = 1.0
+    sty_w: float = 1.0
+    rec_w: float = 1.0
+    ema_beta: float = 0.99
+    grad_clip: float = 100.0
+
+
+CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
+    "stargan": StarGANConfig,
+    "attentiongan": AttentionGANConfig,
+    "attgan": AttGANConfig,
+    "hisd": HiSDConfig,
+}
+
+
+def make_config(arch: str, **overrides: Any) -> TrainConfig:
+    """The upstream-default config of ``arch`` with ``overrides``; unknown keys raise ``TypeError`` naming them.
+
+    Lists given for tuple fields (e.g. from YAML) are converted to tuples.
+    """
+    if arch not in CONFIG_CLASSES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(CONFIG_CLASSES)}")
+    cls = CONFIG_CLASSES[arch]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown config keys {unknown}; expected a subset of {sorted(names)}")
+    values = {k: tuple(v) if isinstance(v, list) and _is_tuple_field(names[k]) else v for k, v in overrides.items()}
+    return cls(**values)
+
+
+def _is_tuple_field(f: dataclasses.Field) -> bool:
+    return str(f.type).startswith("tuple")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,224 @@
+"""HiSD trainer (imlixinyang/HiSD ``core/trainer.py``, ``core/train.py``).
+
+Per iteration: pick a tag ``i`` and two distinct attributes ``j`` (source) and ``j_trg``; draw a batch of
+images with attribute ``j`` of tag ``i``. G step (non-translation, self-translation and latent-guided
+cycle paths; adversarial + style + image reconstruction losses), then D step (hinge loss with R1 on real
+images), both with gradient-norm clipping, then the EMA update of ``gen_test``. Tag-irrelevant conditions
+fed to D are the ``condition_attrs`` columns as ±1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tsdf_pipeline.data.attributes import CELEBA_ATTRS
+from tsdf_pipeline.models import build_generator, load_generator, save_generator
+from tsdf_pipeline.models.checkpoints import load_state_dict_strict, read_checkpoint, unwrap_state_dict
+from tsdf_pipeline.models.hisd import HiSDDiscriminator
+from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_grad
+from tsdf_pipeline.training.config import HiSDConfig
+from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
+
+
+def tag_pools(attrs40: Tensor, tag_rules: dict[str, dict[str, dict[str, int]]]) -> dict[tuple[int, int], Tensor]:
+    """Dataset rows per ``(tag index, attribute index)``: rows whose ``attrs40 [N,40]`` columns match the rule.
+
+    ``tag_rules``: tag -> attribute -> {CelebA column name: required value 0/1}. A tag needs at least two
+    attributes. Rows matching no attribute of a tag are not used for that tag.
+    """
+    if not tag_rules:
+        raise ValueError("HiSDConfig.tag_rules is empty; expected tag -> attribute -> {column: 0/1}")
+    columns = {name: i for i, name in enumerate(CELEBA_ATTRS)}
+    pools: dict[tuple[int, int], Tensor] = {}
+    for ti, (tag, attributes) in enumerate(tag_rules.items()):
+        if len(attributes) < 2:
+            raise ValueError(f"HiSDConfig.tag_rules[{tag!r}] needs at least two attributes, got {list(attributes)}")
+        for ai, (attribute, rule) in enumerate(attributes.items()):
+            where = f"HiSDConfig.tag_rules[{tag!r}][{attribute!r}]"
+            if not rule:
+                raise ValueError(f"{where} is empty; expected {{CelebA column: 0 or 1}}")
+            match = torch.ones(attrs40.shape[0], dtype=torch.bool)
+            for column, value in rule.items():
+                if column not in columns:
+                    raise ValueError(f"{where}: unknown CelebA attribute {column!r}")
+                if value not in (0, 1):
+                    raise ValueError(f"{where}[{column!r}] must be 0 or 1, got {value!r}")
+                match &= attrs40[:, columns[column]] == value
+            pools[(ti, ai)] = torch.nonzero(match).flatten()
+    return pools
+
+
+def pool_name(tag_rules: dict[str, dict[str, dict[str, int]]], tag: int, attribute: int) -> str:
+    tag_name = list(tag_rules)[tag]
+    return f"{tag_name}/{list(tag_rules[tag_name])[attribute]}"
+
+
+def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
+    """``mean_n sum |d sum(d_out) / d x_n|^2`` (HiSD ``compute_grad2``); ``x`` must require grad."""
+    (grad,) = torch.autograd.grad(d_out.float().sum(), x, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+@torch.no_grad()
+def update_average(target: nn.Module, source: nn.Module, beta: float) -> None:
+    """EMA of parameters: ``target = beta*target + (1-beta)*source`` (buffers are not averaged)."""
+    src = dict(source.named_parameters())
+    for name, p in target.named_parameters():
+        p.mul_(beta).add_(src[name], alpha=1 - beta)
+
+
+class HiSDTrainer(ArchTrainer):
+    """HiSD ``gen`` / ``dis`` with the EMA generator ``gen_test`` (:attr:`generator_ema`)."""
+
+    arch: ClassVar[str] = "hisd"
+    discriminator_arch: ClassVar[str] = "hisd"
+    config: HiSDConfig
+
+    def __init__(self, config: HiSDConfig, dataset: TensorFaceDataset, device: torch.device) -> None:
+        super().__init__(config, dataset, device)
+        self.pools = tag_pools(dataset.attrs40, config.tag_rules)
+        self.condition_columns = self.columns(config.condition_attrs)
+        self.generator = build_generator(self.arch, **self.generator_config())
+        # The model registry has no "hisd" discriminator entry; the class is used directly.
+        self.discriminator = HiSDDiscriminator(**self.discriminator_config())
+        self.generator_ema = copy.deepcopy(self.generator)
+        G, betas = self.generator, (config.beta1, config.beta2)
+        self.optimizers = {
+            "G": torch.optim.Adam(
+                [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
+                 {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
+                 {"params": G.mappers.parameters(), "lr": config.lr_gen_mappers}],
+                lr=config.lr_gen_others, betas=betas, weight_decay=config.weight_decay),
+            "D": torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_dis, betas=betas,
+                                  weight_decay=config.weight_decay),
+        }
+        self.noise_dim = int(self.generator_config()["noise_dim"])
+
+    def _tags(self, with_conditions: bool) -> list[dict[str, Any]]:
+        tags = []
+        for tag, attributes in self.config.tag_rules.items():
+            entry: dict[str, Any] = {"name": tag, "attributes": list(attributes)}
+            if with_conditions:
+                entry["tag_irrelevant_conditions_dim"] = len(self.config.condition_attrs)
+            tags.append(entry)
+        return tags
+
+    def generator_config(self) -> dict[str, Any]:
+        return {**self.config.generator, "input_dim": 3, "new_size": self.config.image_size,
+                "tags": self._tags(with_conditions=False)}
+
+    def discriminator_config(self) -> dict[str, Any]:
+        return {"input_dim": 3, "style_dim": self.generator_config()["style_dim"],
+                "channels": list(self.config.dis_channels), "tags": self._tags(with_conditions=True)}
+
+    def sampling_pools(self) -> dict[str, Tensor]:
+        return {pool_name(self.config.tag_rules, t, a): rows for (t, a), rows in self.pools.items()}
+
+    def load_init(self, generator_path: str | os.PathLike, discriminator_path: str | os.PathLike | None) -> None:
+        """``gen`` from the checkpoint's ``'gen'`` entry when present (else ``'gen_test'``), ``gen_test`` from
+        ``'gen_test'``; D from the official ``{'dis': state_dict}`` file when given."""
+        assert self.generator_ema is not None
+        cfg = self.generator_config()
+        self.generator_ema.load_state_dict(load_generator(self.arch, generator_path, **cfg).state_dict())
+        ckpt = read_checkpoint(generator_path)
+        key = "gen" if isinstance(ckpt, dict) and "gen" in ckpt else "gen_test"
+        self.generator.load_state_dict(
+            load_generator(self.arch, generator_path, wrapper_key=key, **cfg).state_dict())
+        if discriminator_path is not None:
+            sd = unwrap_state_dict(read_checkpoint(discriminator_path), "dis", path=discriminator_path)
+            load_state_dict_strict(self.discriminator, sd, source=str(discriminator_path), arch="hisd discriminator")
+
+    def save_generator(self, path: os.PathLike) -> None:
+        """``{'gen': G, 'gen_test': EMA G}``, the upstream training snapshot layout."""
+        assert self.generator_ema is not None
+        save_generator(self.arch, self.generator_ema, path, extra={"gen": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}})
+
+    def set_step_lr(self, step: int) -> None:
+        """Constant learning rates (upstream has no schedule)."""
+
+    def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
+        c = self.config
+        G, D = self.generator, self.discriminator
+        i = int(torch.randint(len(c.tag_rules), (1,)))
+        j, j_trg = (int(v) for v in torch.randperm(len(list(c.tag_rules.values())[i]))[:2])
+        x, attrs40 = self.draw(sampler, pool_name(c.tag_rules, i, j))
+        y = attrs40[:, self.condition_columns.to(attrs40.device)] * 2 - 1
+        G.train()
+        D.train()
+
+        # Generator step.
+        set_requires_grad(D, False)
+        set_requires_grad(G, True)
+        with self.autocast():
+            e = G.encode(x)
+            x_rec = G.decode(e)
+            s = G.extract(x, i)
+            x_slf = G.decode(G.translate(e, s, i))
+            s_trg = G.map(torch.randn(x.shape[0], self.noise_dim, device=x.device), i, j_trg)
+            x_trg = G.decode(G.translate(e, s_trg, i))
+            s_trg_rec = G.extract(x_trg, i)
+            x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
+            out_real = D(x, s, y, i)[:, :, j].float()
+            out_trg = D(x_trg, s_trg.detach(), y, i)[:, 0, j_trg].float()
+            out_cyc = D(x_cyc, s.detach(), y, i)[:, 1, j].float()
+            g_adv = out_real[:, 0].mean() + out_real[:, 1].mean() - out_trg.mean() - out_cyc.mean()
+            g_sty = F.l1_loss(s_trg_rec.float(), s_trg.float())
+            xf = x.float()
+            g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
+            g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        g_total.backward()
+        nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip)
+        self.optimizers["G"].step()
+
+        # Discriminator step on the detached generator outputs.
+        set_requires_grad(D, True)
+        set_requires_grad(G, False)
+        x_trg, x_cyc, s, s_trg = x_trg.detach(), x_cyc.detach(), s.detach(), s_trg.detach()
+        with self.autocast():
+            x_real = x.detach().requires_grad_(True)
+            out = D(x_real, s, y, i)[:, :, j].float()
+            d_real = (F.relu(1 - out[:, 0]).mean() + F.relu(1 - out[:, 1]).mean()
+                      + r1_penalty(out[:, 0], x_real) + r1_penalty(out[:, 1], x_real))
+            d_trg = F.relu(1 + D(x_trg, s_trg, y, i)[:, 0, j_trg].float()).mean()
+            d_cyc = F.relu(1 + D(x_cyc, s, y, i)[:, 1, j].float()).mean()
+            d_adv = d_real + d_trg + d_cyc
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        d_adv.backward()
+        nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip)
+        self.optimizers["D"].step()
+        set_requires_grad(G, True)
+
+        assert self.generator_ema is not None
+        update_average(self.generator_ema, G, c.ema_beta)
+        losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, "D/adv": d_adv}
+        return {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def sample_grid(self, images: Tensor, attrs40: Tensor) -> Tensor:
+        """With ``gen_test``, one block of rows per tag; columns: input, a latent-guided edit to every
+        attribute (fixed latents), a reference-guided edit using the inputs in reverse order as references."""
+        assert self.generator_ema is not None
+        gen = self.generator_ema
+        x = self.to_input(images)
+        n = x.shape[0]
+        noise = torch.Generator().manual_seed(self.config.seed)
+        blocks = []
+        with self.autocast():
+            e = gen.encode(x)
+            for i, attributes in enumerate(self.config.tag_rules.values()):
+                columns = [x]
+                for j in range(len(attributes)):
+                    z = torch.randn(n, self.noise_dim, generator=noise).to(self.device)
+                    columns.append(gen.decode(gen.translate(e, gen.map(z, i, j), i)))
+                columns.append(gen.decode(gen.translate(e, gen.extract(x.flip(0), i), i)))
+                blocks.append([col.float().cpu() for col in columns])
+        width = max(len(b) for b in blocks)
+        filler = torch.full_like(blocks[0][0], -1.0)
+        return torch.cat([grid_rows(b + [filler] * (width - len(b))) for b in blocks], dim=1)
