@@ -71,16 +71,11 @@ def _rows_of(rows: list[dict], kind: str = "interruption") -> list[dict]:
 
 
 def _same(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        va, vb = a[k], b[k]
-        if isinstance(va, float) and isinstance(vb, float):
-            if not (va == vb or (math.isnan(va) and math.isnan(vb)) or math.isclose(va, vb, rel_tol=1e-9)):
-                return False
-        elif va != vb:
-            return False
-    return True
+    """Rows equal field by field (NaN equals NaN)."""
+    def eq(u: object, v: object) -> bool:
+        return u == v or (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v))
+
+    return a.keys() == b.keys() and all(eq(value, b[k]) for k, value in a.items())
 
 
 def test_zero_perturbation_gives_no_disruption(victims, batch):
@@ -180,7 +175,7 @@ def test_bad_inputs_are_rejected(victims, batch):
         evaluate_interruption([victims[0], victims[0]], x, attrs40, _universal(), method="m", batch_size=2)
 
 
-def _row(target: str, n: int, n_valid: int, n_success: int, l2: float, mse_v: float, psnr_v: float) -> dict:
+def _row(target: str, *, n: int, n_valid: int, n_success: int, l2: float, mse_v: float, psnr_v: float) -> dict:
     return {
         "kind": "interruption", "method": "m", "victim": "v", "arch": "stargan", "target": target,
         "purification": "none", "n_samples": n, "n_valid": n_valid, "n_empty_mask": n - n_valid,
