@@ -6,6 +6,7 @@ import logging
 import platform
 import random
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,4 +88,7 @@ class MlflowExtrasHook:
             return
         versioned = getattr(dataset, "_version", None)
         path = dataset._get_versioned_path(dataset.resolve_save_version()) if versioned else dataset._filepath
-        mlflow.log_artifact(str(path), artifact_path=dataset_name)
+        if Path(str(path)).is_dir():  # e.g. MatplotlibWriter saving a dict of figures
+            mlflow.log_artifacts(str(path), artifact_path=dataset_name)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=dataset_name)

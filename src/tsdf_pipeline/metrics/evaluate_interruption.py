@@ -62,22 +62,25 @@ def perturbation_slice(perturbation: Tensor, start: int, stop: int) -> Tensor:
 
 
 def _per_sample(x: Tensor, clean: Tensor, adv: Tensor) -> dict[str, Tensor]:
-    """Per-(target, image) values ``[T,B]`` (on CPU) of ``adv`` vs ``clean`` edits ``[T,B,3,H,W]``."""
-    t, b = clean.shape[:2]
-    xs = x.unsqueeze(0).expand_as(clean).reshape(t * b, *x.shape[1:])
-    c = clean.reshape(t * b, *x.shape[1:])
-    a = adv.reshape(t * b, *x.shape[1:])
-    l2, valid = l2_mask(a, c, edit_mask(c, xs))
-    values = {
-        "l2": l2,
-        "valid": valid,
-        "mse": mse(a, c),
-        "l1": l1(a, c),
-        "psnr_out": psnr(a, c),
-        "ssim_out_w3": ssim(a, c, 3, "per_image"),
-        "ssim_out_w7": ssim(a, c, 7, 1.0),
-    }
-    return {k: v.detach().reshape(t, b).cpu() for k, v in values.items()}
+    """Per-(target, image) values ``[T,B]`` (on CPU) of ``adv`` vs ``clean`` edits ``[T,B,3,H,W]``.
+
+    Computed one target at a time so that the float64 SSIM buffers stay at ``B`` images.
+    """
+    per_target: dict[str, list[Tensor]] = {}
+    for c, a in zip(clean, adv, strict=True):
+        l2, valid = l2_mask(a, c, edit_mask(c, x))
+        values = {
+            "l2": l2,
+            "valid": valid,
+            "mse": mse(a, c),
+            "l1": l1(a, c),
+            "psnr_out": psnr(a, c),
+            "ssim_out_w3": ssim(a, c, 3, "per_image"),
+            "ssim_out_w7": ssim(a, c, 7, 1.0),
+        }
+        for k, v in values.items():
+            per_target.setdefault(k, []).append(v.detach().cpu())
+    return {k: torch.stack(v) for k, v in per_target.items()}
 
 
 def _mean(v: Tensor) -> float:

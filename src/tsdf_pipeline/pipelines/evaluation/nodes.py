@@ -1,0 +1,103 @@
+"""Thin Kedro nodes over ``tsdf_pipeline.metrics``: one evaluation for every method, victim and target."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, collect_examples, evaluate_interruption
+from tsdf_pipeline.models.ensemble import load_ensemble
+from tsdf_pipeline.pipelines.evaluation.reporting import bar_chart, image_figure, markdown_table
+from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("method", "victim", "sr_mask", "l2_mask", "ruiz_sr", "psnr_out", "ssim_out_w3", "ssim_out_w7",
+                   "n_samples", "n_empty_mask")
+MLFLOW_FIELDS = ("sr_mask", "l2_mask", "ruiz_sr", "mse", "l1", "psnr_out", "ssim_out_w3", "ssim_out_w7")
+WATERMARK_FIELDS = ("watermark_psnr", "watermark_ssim_w3", "watermark_ssim_w7", "watermark_ms_ssim",
+                    "watermark_linf")
+
+
+def perturbation_for(entry: dict[str, Any], image_ids: list[str], method: str) -> torch.Tensor:
+    """The tensor to add to the evaluation images: universal ``[1,3,H,W]`` or per image, checked to align."""
+    if entry["kind"] == "universal":
+        return entry["w"]
+    if list(entry["image_ids"]) != list(image_ids):
+        raise ValueError(f"{method}: per-image perturbations were made for other images than the evaluation set "
+                         f"({len(entry['image_ids'])} vs {len(image_ids)} ids); re-run the interruption stage")
+    return entry["w"]
+
+
+def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict[str, Any],
+                     perturbations: dict[str, Any], params: dict[str, Any]
+                     ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float]], dict[str, Figure]]:
+    """Interruption + imperceptibility + robustness metrics of every method on the evaluation subset.
+
+    Returns the tidy table (per-target rows and pooled ``target == "all"`` rows, plus watermark rows), a
+    markdown summary, MLflow metrics ``<method>.<victim>.<metric>`` and figures (example grids, bar charts).
+    """
+    victims = load_ensemble(victim_ensemble, device=params.get("device", "cpu"))
+    images, attrs, ids = evaluation_set["images"], evaluation_set["attrs"], evaluation_set["image_ids"]
+    rows: list[dict[str, Any]] = []
+    figures: dict[str, Figure] = {}
+    for method in params.get("methods") or list(perturbations):
+        if method not in perturbations:
+            raise KeyError(f"evaluation.methods names {method!r} but the interruption stage produced only "
+                           f"{sorted(perturbations)}")
+        w = perturbation_for(perturbations[method], ids, method)
+        with torch.no_grad():
+            method_rows = evaluate_interruption(
+                victims, images, attrs, w, method=method, batch_size=int(params["batch_size"]),
+                purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
+                device=params.get("device", "cpu"))
+        rows += method_rows + [{**r, "target": "all"} for r in aggregate_rows(method_rows)]
+        n_examples = int(params.get("examples", 4))
+        for victim, grid in collect_examples(victims, images[:n_examples], attrs[:n_examples],
+                                             w[:n_examples] if w.shape[0] > 1 else w, n_examples,
+                                             device=params.get("device", "cpu")).items():
+            figures[f"examples_{method}_{victim}.png"] = image_figure(
+                grid, f"{method} vs {victim}: original | protected | clean edit | protected edit | |diff| x10")
+        log.info("evaluated %s on %d images", method, images.shape[0])
+    table = pd.DataFrame(rows)
+    pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
+    for victim in pooled["victim"].unique():
+        figures[f"bars_{victim}.png"] = bar_chart(pooled, victim)
+    return table, _summary(table), _mlflow_metrics(table), figures
+
+
+def _summary(table: pd.DataFrame) -> str:
+    pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
+    clean = pooled[pooled["purification"] == "none"]
+    robust = pooled.pivot_table(index=["method", "victim"], columns="purification", values="sr_mask").reset_index()
+    robust.columns = [str(c) for c in robust.columns]
+    wm = table[table["kind"] == "watermark"]
+    parts = [
+        "# Interruption: every method against every victim (all edit targets pooled)", "",
+        "SR_mask / L2_mask as CMUA (mask from |G(x) - x| summed over channels > 0.5; success if L2_mask > 0.05);"
+        " ruiz_sr = unmasked MSE > 0.05; output PSNR/SSIM between G(x+w) and G(x) (lower = stronger);"
+        " ssim_out_w3 = TSDF's 3x3 window, ssim_out_w7 = the standard 7x7 window.", "",
+        markdown_table(clean, SUMMARY_COLUMNS), "",
+        "## Imperceptibility of the published (clamped, 8-bit) protected image", "",
+        markdown_table(wm, ("method", *WATERMARK_FIELDS)), "",
+        "## Robustness: SR_mask after the attacker purifies the protected image", "",
+        markdown_table(robust, list(robust.columns)), "",
+    ]
+    return "\n".join(parts)
+
+
+def _mlflow_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    metrics: dict[str, float] = {}
+    pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
+    for row in pooled.itertuples(index=False):
+        suffix = "" if row.purification == "none" else f".{row.purification}"
+        for field in MLFLOW_FIELDS:
+            metrics[f"{row.method}.{row.victim}{suffix}.{field}"] = getattr(row, field)
+    for row in table[table["kind"] == "watermark"].itertuples(index=False):
+        for field in WATERMARK_FIELDS:
+            metrics[f"{row.method}.{field}"] = getattr(row, field)
+    return as_mlflow_metrics(metrics)
