@@ -9,7 +9,11 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, collect_examples, evaluate_interruption
+from tsdf_pipeline.metrics.evaluate_interruption import (
+    aggregate_rows,
+    collect_examples,
+    evaluate_interruption,
+)
 from tsdf_pipeline.models.ensemble import load_ensemble
 from tsdf_pipeline.pipelines.evaluation.reporting import bar_chart, image_figure, markdown_table
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
