@@ -18,6 +18,12 @@ from tsdf_pipeline.metrics.disruption import (
     ruiz_success,
     success_rate_mask,
 )
+from tsdf_pipeline.metrics.evaluate_detection import detection_examples, evaluate_detection
+from tsdf_pipeline.metrics.evaluate_interruption import (
+    aggregate_rows,
+    collect_examples,
+    evaluate_interruption,
+)
 from tsdf_pipeline.metrics.image_quality import (
     denorm,
     ms_ssim,
@@ -26,9 +32,20 @@ from tsdf_pipeline.metrics.image_quality import (
     quantize_8bit,
     ssim,
 )
+from tsdf_pipeline.metrics.purification import PURIFICATIONS, apply_purification, gaussian_blur, jpeg, protect
 
 __all__ = [
+    "PURIFICATIONS",
     "ImageDetection",
+    "aggregate_rows",
+    "apply_purification",
+    "collect_examples",
+    "detection_examples",
+    "evaluate_detection",
+    "evaluate_interruption",
+    "gaussian_blur",
+    "jpeg",
+    "protect",
     "aggregate_detection",
     "box_iou",
     "denorm",
