@@ -79,7 +79,7 @@ def test_batched_edit_equals_per_target_loop(arch):
         edits = victim.edit(x, t)
         expected = _loop_edit(victim, x, t)
     assert edits.shape == (len(t), N, 3, SIZE, SIZE)
-    torch.testing.assert_close(edits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edits, expected, atol=1e-4, rtol=1e-4)  # batched vs looped float32 sums
     # Different targets really produce different edits (the condition reaches the generator).
     assert (edits[0] - edits[-1]).abs().max() > 1e-4
 

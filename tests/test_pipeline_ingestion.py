@@ -19,6 +19,7 @@ def project(tmp_path):
     return make_project(tmp_path, {"data_ingestion": {
         "root": str(root), "image_size": 32,
         "optimisation": {"split": "train", "count": 4}, "evaluation": {"split": "test", "count": 50},
+        "training": {"split": "train", "count": 3},
     }})
 
 

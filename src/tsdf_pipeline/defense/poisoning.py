@@ -331,7 +331,9 @@ class DetectorPoisoner:
         for step in range(cfg.steps):
             terms = self.losses((x + w0 + delta).clamp(-1.0, 1.0), ref, generator)
             optimizer.zero_grad(set_to_none=True)
-            (terms["feature"] + terms["output"]).backward()
+            total = terms["feature"] + terms["output"]
+            if total.requires_grad:  # False only when no detector passes gradient (release mode, RetinaFace alone)
+                total.backward()
             torch.nn.utils.clip_grad_norm_([delta], cfg.grad_clip)
             evaluated = delta.detach().clone()
             optimizer.step()
@@ -435,7 +437,7 @@ def _fingerprint(config: PoisoningConfig, victims: list[str], detectors: list[st
     return {**fields, "victims": victims, "images": [int(s) for s in image_shape], "w1": digest.hexdigest()}
 
 
-def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], images: Tensor, attrs40: Tensor,
+def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], images: Tensor, attrs40: Tensor,  # noqa: PLR0917
                   w1: Tensor, config: PoisoningConfig, *, checkpoint_path: str | Path | None = None,
                   callback: Callback | None = None, resume: bool = True) -> PoisoningResult:
     """Optimise TSDF's stage-2 perturbation ``w2`` from the stage-1 result ``w1``.

@@ -33,16 +33,23 @@ def _index_from_table(root: str, table: pd.DataFrame) -> CelebAIndex:
     )
 
 
+SUBSETS = ("optimisation", "evaluation", "training")
+
+
 def build_subsets(
     table: pd.DataFrame, params: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
-    """Decode the optimisation and evaluation subsets; returns them, a report and MLflow metrics."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], dict[str, dict[str, float]]]:
+    """Decode the optimisation, evaluation and training subsets; returns them, a report and MLflow metrics.
+
+    optimisation: the images a perturbation is optimised on; evaluation: held-out images every metric uses;
+    training: the images victims (and the simulated attacker) train on.
+    """
     index = _index_from_table(params["root"], table)
     report: dict[str, Any] = {"root": str(params["root"]), "images_listed": len(index),
                               "partition_file": index.partition is not None}
     metrics: dict[str, float] = {}
     subsets = []
-    for name in ("optimisation", "evaluation"):
+    for name in SUBSETS:
         spec = params[name]
         rows = take_first(split_rows(index, spec["split"]), spec.get("count"), f"{name} subset")
         start = time.perf_counter()
@@ -58,4 +65,4 @@ def build_subsets(
                     f"{name}.seconds": seconds, f"{name}.images_per_s": n / max(seconds, 1e-9)}
         log.info("%s subset: %d images (%d skipped) in %.1f s", name, n, len(skipped), seconds)
         subsets.append(subset)
-    return subsets[0], subsets[1], report, as_mlflow_metrics(metrics)
+    return subsets[0], subsets[1], subsets[2], report, as_mlflow_metrics(metrics)

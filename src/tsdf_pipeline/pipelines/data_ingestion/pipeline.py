@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 build_subsets,
                 ["celeba_attributes", "params:data_ingestion"],
-                ["optimisation_set", "evaluation_set", "ingestion_report", "ingestion_metrics"],
+                ["optimisation_set", "evaluation_set", "training_set", "ingestion_report", "ingestion_metrics"],
                 name="build_celeba_subsets",
             ),
         ]
