@@ -109,7 +109,8 @@ class AttGANDiscriminator(nn.Module):
     """AttGAN D (upstream ``Discriminators``): x ``[N,3,S,S]`` -> ``(adv [N,1], cls logits [N,n_attrs])``.
 
     ``n_layers`` conv + InstanceNorm(affine) + LeakyReLU(0.01) blocks, then two heads
-    ``Linear(C*f*f, fc_dim) + LeakyReLU(0.01) -> Linear(fc_dim, 1 | n_attrs)`` with f = S / 2^n_layers.
+    ``Linear(C*f*f, fc_dim) + ReLU -> Linear(fc_dim, 1 | n_attrs)`` with f = S / 2^n_layers (upstream
+    ``train.py``: ``dis_acti='lrelu'`` for the convs, ``dis_fc_acti='relu'`` for the heads).
     """
 
     def __init__(self, dim: int = 64, n_layers: int = 5, fc_dim: int = 1024, n_attrs: int = 13,
@@ -127,9 +128,9 @@ class AttGANDiscriminator(nn.Module):
             n_in = n_out
         self.conv = nn.Sequential(*layers)
         n_flat = n_in * (img_size // 2**n_layers) ** 2
-        self.fc_adv = nn.Sequential(Block(nn.Linear(n_flat, fc_dim), nn.LeakyReLU(0.01)),
+        self.fc_adv = nn.Sequential(Block(nn.Linear(n_flat, fc_dim), nn.ReLU()),
                                     Block(nn.Linear(fc_dim, 1)))
-        self.fc_cls = nn.Sequential(Block(nn.Linear(n_flat, fc_dim), nn.LeakyReLU(0.01)),
+        self.fc_cls = nn.Sequential(Block(nn.Linear(n_flat, fc_dim), nn.ReLU()),
                                     Block(nn.Linear(fc_dim, n_attrs)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

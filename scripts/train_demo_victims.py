@@ -1,0 +1,124 @@
+"""Train the shipped demo victims on the embedded demo set (torch only: runs without kedro, e.g. on a GPU box).
+
+Reproduces ``data/06_models/demo/<arch>/<official file name>`` from ``conf/base/parameters_victim_training.yml``
+(recipes) and ``conf/base/parameters_data_ingestion.yml`` (demo data, 64 px, CenterCrop 170)::
+
+    python scripts/train_demo_victims.py --device cuda --parallel          # what produced the shipped files
+    python scripts/train_demo_victims.py --device cpu --archs stargan      # the CPU path, one victim
+
+``--max-seconds S`` stops an arch at its first log step after S seconds and ships its last checkpoint; the
+step reached is written to ``training.json`` beside the checkpoint (set that ``num_iters`` to reproduce it).
+Each arch resumes from ``--work`` if a run of the same recipe and data is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from tsdf_pipeline.data.celeba import read_index  # noqa: E402
+from tsdf_pipeline.data.splits import split_rows  # noqa: E402
+from tsdf_pipeline.data.subsets import build_subset  # noqa: E402
+from tsdf_pipeline.training.recipes import train_recipe  # noqa: E402
+
+OFFICIAL_FILES = {"stargan": "200000-G.ckpt", "attentiongan": "200000-G.ckpt", "attgan": "weights.199.pth",
+                  "hisd": "gen_00600000.pt"}
+
+
+class TimeBudgetReached(Exception):
+    """Raised from the step callback when an arch has used its wall-clock budget."""
+
+
+def training_data(data_params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The demo training split at the ingestion stage's resolution and crop: ``[N,3,S,S]``, ``[N,40]``."""
+    index = read_index(ROOT / data_params["root"])
+    subset, _ = build_subset(index, split_rows(index, "train"), image_size=data_params["image_size"],
+                             crop_size=data_params.get("crop_size"), label_sets={}, progress=False)
+    return subset["images"], subset["attrs"]
+
+
+def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path, device: str,
+              max_seconds: float | None, overrides: dict) -> dict:
+    images, attrs = training_data(data_params)
+    start = time.time()
+
+    def stop_when_over_budget(step: int, losses: dict, samples: Path | None) -> None:
+        if max_seconds is not None and time.time() - start > max_seconds:
+            raise TimeBudgetReached(step)
+
+    try:
+        result = train_recipe(arch, params, images, attrs, work / arch, device=device,
+                              callback=stop_when_over_budget, **overrides)
+        generator, steps = result.generator_path, result.steps
+    except TimeBudgetReached as stop:
+        generator, state = work / arch / "generator.pt", work / arch / "train_state.pt"
+        if not state.exists():
+            raise SystemExit(f"{arch}: the time budget ended at step {stop.args[0]}, before the first checkpoint; "
+                             "raise --max-seconds or lower checkpoint_every") from None
+        steps = int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+    target = out / arch / OFFICIAL_FILES[arch]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(generator, target)
+    record = {"arch": arch, "steps": steps, "device": device, "seconds": round(time.time() - start, 1),
+              "torch": torch.__version__, "recipe": {**params.get("common", {}), **params[arch], **overrides},
+              "data": data_params["root"], "image_size": data_params["image_size"],
+              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    (target.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    samples = sorted((work / arch / "samples").glob("*.png"))
+    if samples:
+        shutil.copyfile(samples[-1], target.parent / "samples.png")
+    print(f"{arch}: {steps} steps in {record['seconds']} s -> {target}", flush=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "conf/base/parameters_victim_training.yml"))
+    parser.add_argument("--data-config", default=str(ROOT / "conf/base/parameters_data_ingestion.yml"))
+    parser.add_argument("--out", default=str(ROOT / "data/06_models/demo"))
+    parser.add_argument("--work", default=str(ROOT / "data/06_models/victim_training_work"))
+    parser.add_argument("--archs", nargs="+", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--parallel", action="store_true", help="one process per arch (GPU: they overlap)")
+    parser.add_argument("--num-iters", type=int, default=None, help="override the recipes (smoke tests only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs to files)")
+    args = parser.parse_args()
+    params = yaml.safe_load(Path(args.config).read_text())["victim_training"]
+    data_params = yaml.safe_load(Path(args.data_config).read_text())["data_ingestion"]
+    archs = args.archs or params["victims"]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.parallel and len(archs) > 1:
+        base = [sys.executable, __file__, "--config", args.config, "--data-config", args.data_config,
+                "--out", args.out, "--work", args.work, "--device", device]
+        if args.max_seconds is not None:
+            base += ["--max-seconds", str(args.max_seconds)]
+        if args.num_iters is not None:
+            base += ["--num-iters", str(args.num_iters)]
+        if args.no_progress:
+            base += ["--no-progress"]
+        procs = [subprocess.Popen([*base, "--archs", arch]) for arch in archs]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"training failed for {[a for a, c in zip(archs, codes, strict=True) if c]}")
+        return
+    overrides = {} if args.num_iters is None else {"num_iters": args.num_iters, "checkpoint_every": args.num_iters,
+                                                   "sample_every": args.num_iters, "log_every": 1}
+    if args.no_progress:
+        overrides["progress"] = False
+    for arch in archs:
+        train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds, overrides)
+
+
+if __name__ == "__main__":
+    main()
