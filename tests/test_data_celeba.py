@@ -14,7 +14,8 @@ from tsdf_pipeline.data.attributes import ATTGAN_ATTRS, STARGAN_ATTRS, attr_indi
 from tsdf_pipeline.data.celeba import CelebAFormatError, read_index
 from tsdf_pipeline.data.images import celeba_transform
 from tsdf_pipeline.data.splits import split_rows, take_first
-from tsdf_pipeline.data.subsets import attribute_table, build_subset
+from tsdf_pipeline.data.subsets import build_subset
+from tsdf_pipeline.pipelines.data_ingestion.nodes import attribute_table
 
 LABELS = {"stargan": list(STARGAN_ATTRS), "attgan": list(ATTGAN_ATTRS)}
 

@@ -1,4 +1,4 @@
-"""Optimisation / evaluation subsets: images, ids, all 40 attributes and the per-model label subsets."""
+"""Image subsets (optimisation / evaluation / training): images, ids, all 40 attributes, per-model label subsets."""
 
 from __future__ import annotations
 
@@ -6,20 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS, attr_indices
 from tsdf_pipeline.data.celeba import IMAGE_DIR, CelebAIndex
 from tsdf_pipeline.data.images import celeba_transform, load_images
-
-
-def attribute_table(index: CelebAIndex) -> pd.DataFrame:
-    """All images of the index: ``image_id``, ``partition`` (-1 if unknown) and the 40 attributes (±1)."""
-    table = pd.DataFrame(index.attrs, columns=list(CELEBA_ATTRS))
-    table.insert(0, "partition", index.partition if index.partition is not None else -1)
-    table.insert(0, "image_id", index.names)
-    return table
 
 
 def build_subset(

@@ -12,10 +12,18 @@ import pandas as pd
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
 from tsdf_pipeline.data.celeba import CelebAIndex, check_layout, read_index
 from tsdf_pipeline.data.splits import split_rows, take_first
-from tsdf_pipeline.data.subsets import attribute_table, build_subset
+from tsdf_pipeline.data.subsets import build_subset
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
 
 log = logging.getLogger(__name__)
+
+
+def attribute_table(index: CelebAIndex) -> pd.DataFrame:
+    """All images of the index: ``image_id``, ``partition`` (-1 if unknown) and the 40 attributes (±1)."""
+    table = pd.DataFrame(index.attrs, columns=list(CELEBA_ATTRS))
+    table.insert(0, "partition", index.partition if index.partition is not None else -1)
+    table.insert(0, "image_id", index.names)
+    return table
 
 
 def read_annotations(params: dict[str, Any]) -> pd.DataFrame:

