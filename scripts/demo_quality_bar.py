@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_demo_data import celeba_face_box, classify_faces  # noqa: E402
+from train_demo_victims import OFFICIAL_FILES  # noqa: E402
 
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS  # noqa: E402
 from tsdf_pipeline.data.celeba import read_index  # noqa: E402
@@ -40,7 +41,7 @@ MALE = CELEBA_ATTRS.index("Male")
 def p_male(images: torch.Tensor) -> np.ndarray:
     """Classifier probability of 'male' for ``[N,3,S,S]`` in [-1,1] (CenterCrop-170 geometry, upsampled to 170)."""
     up = F.interpolate(images.clamp(-1, 1), size=170, mode="bilinear", align_corners=False)
-    arrays = [((u.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for u in up]
+    arrays = [np.ascontiguousarray(((u.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for u in up]
     return classify_faces(arrays, celeba_face_box(center_crop=170))[0]
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     (ROOT / "docs/images").mkdir(parents=True, exist_ok=True)
     for name in conf["ensemble"]:
         spec = {"name": name, "arch": conf["victims"][name].get("arch", name),
-                "checkpoint": str(next((ROOT / "data/06_models/demo" / name).glob("*.p*t"))),
+                "checkpoint": str(ROOT / "data/06_models/demo" / name / OFFICIAL_FILES[name]),
                 **{k: conf["victims"][name][k] for k in ("config", "options")}}
         spec["options"] = {**spec["options"], "reference": str(ROOT / spec["options"]["reference"])} \
             if "reference" in spec["options"] else spec["options"]

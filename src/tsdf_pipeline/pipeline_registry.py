@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from tsdf_pipeline.pipelines import data_ingestion, evaluation, interruption, model_loading
+from tsdf_pipeline.pipelines import data_ingestion, evaluation, interruption, model_loading, poisoning
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -13,6 +13,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_ingestion": data_ingestion.create_pipeline(),
         "model_loading": model_loading.create_pipeline(),
         "interruption": interruption.create_pipeline(),
+        "poisoning": poisoning.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
     }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))

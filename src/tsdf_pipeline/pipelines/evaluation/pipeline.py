@@ -1,8 +1,9 @@
-"""``evaluation`` pipeline: interruption metrics of every method on the evaluation subset."""
+"""``evaluation`` pipeline: interruption metrics of every method, then the stage-2 (poisoning) metrics."""
 
 from kedro.pipeline import Node, Pipeline
 
 from tsdf_pipeline.pipelines.evaluation.nodes import evaluate_methods
+from tsdf_pipeline.pipelines.evaluation.poisoning_nodes import evaluate_poisoning
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -11,5 +12,10 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(evaluate_methods, ["victim_ensemble", "evaluation_set", "perturbations", "params:evaluation"],
                  ["interruption_table", "interruption_summary", "evaluation_metrics", "interruption_figures"],
                  name="evaluate_interruption"),
+            Node(evaluate_poisoning,
+                 ["victim_ensemble", "evaluation_set", "perturbations", "poisoned_perturbation", "interruption_table",
+                  "params:evaluation", "params:detectors"],
+                 ["poisoning_table", "poisoning_summary", "poisoning_evaluation_metrics", "poisoning_figures"],
+                 name="evaluate_poisoning"),
         ]
     )
