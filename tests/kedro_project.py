@@ -41,5 +41,6 @@ def run_project(project: Path, monkeypatch, pipeline: str | None = None, env: st
         with KedroSession.create(project_path=project, env=env) as session:
             return session.run(pipeline_names=[pipeline] if pipeline else None, **kwargs)
     finally:
-        while mlflow.active_run() is not None:  # a failed run is left active by kedro-mlflow
-            mlflow.end_run("FAILED")
+        while (run := mlflow.active_run()) is not None:  # kedro-mlflow leaves a failed run active
+            status = mlflow.MlflowClient().get_run(run.info.run_id).info.status
+            mlflow.end_run("FAILED" if status == "RUNNING" else status)

@@ -96,7 +96,6 @@ def test_trains_every_victim_logs_to_mlflow_and_resumes_a_selected_one(tmp_path,
     assert {f"victim_training_{arch}_{kind}" for arch in ARCHS for kind in ("card", "history", "samples")} <= artifacts
 
     # A longer recipe for StarGAN only, selected with --nodes: resumes from the work dir, adds a version.
-    (project / "conf/local/parameters.yml").unlink()
     (project / "conf/local/parameters.yml").write_text(json.dumps(params(tmp_path / "work", 3, ["stargan"])))
     run_project(project, monkeypatch, pipeline="victim_training", node_names=["train_stargan"])
     info = card(project, "stargan")

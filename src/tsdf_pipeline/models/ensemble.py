@@ -42,19 +42,24 @@ def load_reference_image(path: str | Path, image_size: int, crop_size: int | Non
     return x.unsqueeze(0)
 
 
+def _present(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``values`` without its ``None`` entries (``None`` = keep the default)."""
+    return {k: v for k, v in (values or {}).items() if v is not None}
+
+
 def load_victim(spec: Mapping[str, Any], *, verify_sha256: bool = True) -> Victim:
     """Build one victim from ``spec``: ``{name, arch, checkpoint, sha256?, config, options}``.
 
     ``options`` are :func:`make_victim` options; for HiSD ``reference`` is an image path (with optional
-    ``reference_crop``), loaded at the generator's resolution.
+    ``reference_crop``), loaded at the generator's resolution. ``null`` config/option values mean the default.
     """
     path = Path(spec["checkpoint"])
     expected = spec.get("sha256")
     if verify_sha256 and expected and path.is_file() and file_sha256(path) != expected:
         raise CheckpointError(f"{path}: sha256 differs from the one recorded when the ensemble was validated "
                               f"({expected[:12]}...); re-run the model_loading stage")
-    generator = load_generator(spec["arch"], path, **dict(spec.get("config", {})))
-    options = dict(spec.get("options", {}))
+    generator = load_generator(spec["arch"], path, **_present(spec.get("config")))
+    options = _present(spec.get("options"))
     options.setdefault("name", spec.get("name", spec["arch"]))
     if spec["arch"] == "hisd":
         size = int(generator.image_size)

@@ -17,10 +17,14 @@ from tsdf_pipeline.training.engine import StepCallback
 
 
 def recipe_config(arch: str, params: Mapping[str, Any], **overrides: Any) -> TrainConfig:
-    """``make_config(arch, **params["common"], **params[arch], **overrides)``; keys named in the error if unknown."""
+    """``make_config(arch, **params["common"], **params[arch], **overrides)``; unknown keys are named in the error.
+
+    A ``null`` value means the upstream default (so ``conf/celeba`` can undo a demo-size key of ``conf/base``).
+    """
     if arch not in params:
         raise KeyError(f"no training recipe for {arch!r}: add a '{arch}' block next to 'common'")
-    return make_config(arch, **{**dict(params.get("common") or {}), **dict(params[arch]), **overrides})
+    merged = {**dict(params.get("common") or {}), **dict(params[arch] or {}), **overrides}
+    return make_config(arch, **{k: v for k, v in merged.items() if v is not None})
 
 
 def train_recipe(arch: str, params: Mapping[str, Any], images: torch.Tensor, attrs40: torch.Tensor,

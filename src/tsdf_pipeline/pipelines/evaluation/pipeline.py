@@ -1,8 +1,9 @@
-"""``evaluation`` pipeline: interruption metrics of every method, then the stage-2 (poisoning) metrics."""
+"""``evaluation`` pipeline: interruption metrics of every method, stage-2 (poisoning) metrics, persistence."""
 
 from kedro.pipeline import Node, Pipeline
 
 from tsdf_pipeline.pipelines.evaluation.nodes import evaluate_methods
+from tsdf_pipeline.pipelines.evaluation.persistence_nodes import evaluate_persistence
 from tsdf_pipeline.pipelines.evaluation.poisoning_nodes import evaluate_poisoning
 
 
@@ -17,5 +18,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                   "params:evaluation", "params:detectors"],
                  ["poisoning_table", "poisoning_summary", "poisoning_evaluation_metrics", "poisoning_figures"],
                  name="evaluate_poisoning"),
+            Node(evaluate_persistence,
+                 ["retrained_models", "evaluation_set", "perturbations", "poisoned_perturbation",
+                  "params:attacker_retraining", "params:evaluation", "params:detectors"],
+                 ["persistence_table", "persistence_report", "persistence_metrics", "persistence_plot"],
+                 name="evaluate_persistence"),
         ]
     )

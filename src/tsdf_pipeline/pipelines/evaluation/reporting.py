@@ -5,13 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import pandas as pd
+import torch
+from matplotlib.figure import Figure  # figures without pyplot: no global backend switch
 
 
 def markdown_table(df: pd.DataFrame, columns: Sequence[str], floatfmt: str = "{:.3f}") -> str:
@@ -29,7 +25,7 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str], floatfmt: str = "{:
 def image_figure(grid: torch.Tensor, title: str) -> Figure:
     """A figure showing ``grid`` ``[3,H,W]`` in [0,1] at its native resolution (2 px per pixel)."""
     h, w = grid.shape[-2:]
-    fig = plt.figure(figsize=(max(w / 50, 3), max(h / 50, 2) + 0.4), dpi=100)
+    fig = Figure(figsize=(max(w / 50, 3), max(h / 50, 2) + 0.4), dpi=100)
     ax = fig.add_axes((0, 0, 1, h / (h + 20)))
     ax.imshow(grid.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
     ax.set_axis_off()
@@ -40,7 +36,8 @@ def image_figure(grid: torch.Tensor, title: str) -> Figure:
 def bar_chart(df: pd.DataFrame, victim: str, metric: str = "sr_mask") -> Figure:
     """Bars of ``metric`` per method × purification for one victim (rows pooled over targets)."""
     sub = df[(df["victim"] == victim)].pivot_table(index="method", columns="purification", values=metric)
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    fig = Figure(figsize=(5, 3), dpi=100)
+    ax = fig.add_subplot()
     sub.plot.bar(ax=ax, rot=0)
     ax.set_ylabel(metric)
     ax.set_title(f"{victim}: {metric} by method and purification", fontsize=9)

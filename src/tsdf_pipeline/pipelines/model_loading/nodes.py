@@ -30,8 +30,9 @@ def victim_specs(params: dict[str, Any], **checkpoints: dict[str, Any]) -> list[
                 f"checkpoint of victim {name!r} not found: expected {ref['path']}"
                 + (f"; it comes from {ref['source']}" if ref["source"] else "") + " (see docs/weights.md)")
         specs.append({"name": name, "arch": victim.get("arch", name), "checkpoint": ref["path"],
-                      "sha256": ref["sha256"], "source": ref["source"], "config": dict(victim.get("config", {})),
-                      "options": dict(victim.get("options", {}))})
+                      "sha256": ref["sha256"], "source": ref["source"],
+                      "config": {k: v for k, v in (victim.get("config") or {}).items() if v is not None},
+                      "options": {k: v for k, v in (victim.get("options") or {}).items() if v is not None}})
     return specs
 
 

@@ -1,0 +1,110 @@
+"""Thin Kedro nodes: the simulated attacker (collect protected photos → detect/crop → fine-tune), per branch.
+
+Every branch runs the same code with the same photos, seed and hyperparameters; only the protection differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from tsdf_pipeline.data.attacker import (
+    PreparedSet,
+    crop_grid,
+    load_photos,
+    preparation_stats,
+    prepare_crops,
+    protect,
+    save_photos,
+)
+from tsdf_pipeline.pipelines.detector_specs import load_detectors
+from tsdf_pipeline.pipelines.evaluation.reporting import image_figure
+from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+from tsdf_pipeline.training.recipes import train_recipe
+
+log = logging.getLogger(__name__)
+
+CLEAN, W2 = "clean", "tsdf_w2"
+
+
+def branch_protections(branches: list[str], perturbations: dict[str, Any], poisoned: dict[str, Any]
+                       ) -> dict[str, torch.Tensor | None]:
+    """Branch name → universal perturbation (``clean`` → None, ``tsdf_w2`` → stage 2, others → stage-1 methods)."""
+    out: dict[str, torch.Tensor | None] = {}
+    for name in branches:
+        if name == CLEAN:
+            out[name] = None
+        elif name == W2:
+            out[name] = poisoned["w"]
+        elif name in perturbations and perturbations[name]["kind"] == "universal":
+            out[name] = perturbations[name]["w"]
+        else:
+            raise ValueError(f"attacker branch {name!r}: needs a universal perturbation (clean, {W2} or one of "
+                             f"{sorted(k for k, v in perturbations.items() if v['kind'] == 'universal')})")
+    return out
+
+
+def collect_and_prepare(training_set: dict[str, Any], perturbations: dict[str, Any], poisoned: dict[str, Any],
+                        params: dict[str, Any], detector_registry: dict[str, Any]
+                        ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]], dict[str, Figure]]:
+    """Protect the pool, save and reload it as the attacker's files, detect and crop faces, per branch."""
+    n = int(params["pool_count"])
+    images, attrs, ids = training_set["images"][:n], training_set["attrs"][:n], training_set["image_ids"][:n]
+    detector = load_detectors([params["detector"]], detector_registry)[params["detector"]]
+    prepared, rows, figures = {}, [], {}
+    for branch, w in branch_protections(params["branches"], perturbations, poisoned).items():
+        photos, protected_mask = protect(images, w, params.get("fraction", 1.0), seed=int(params["seed"]))
+        paths = save_photos(photos, ids, Path(params["photos_dir"]) / branch, fmt=params.get("format", "png"),
+                            jpeg_quality=params.get("jpeg_quality"))
+        crops = prepare_crops(load_photos(paths), detector, score_threshold=float(params["score_threshold"]),
+                              margin=float(params["margin"]), out_size=int(params["out_size"]),
+                              batch_size=int(params.get("batch_size", 32)))
+        prepared[branch] = {"crops": crops.crops, "attrs": attrs[crops.kept_index],
+                            "kept_ids": [ids[i] for i in crops.kept_index.tolist()], "boxes": crops.boxes,
+                            "windows": crops.windows, "scores": crops.scores, "kept_index": crops.kept_index,
+                            "protected": protected_mask}
+        figures[f"crops_{branch}.png"] = image_figure(crop_grid(crops, n=16),
+                                                      f"attacker crops, branch {branch} ({params['detector']})")
+    clean = _as_prepared(prepared[CLEAN]) if CLEAN in prepared else None
+    metrics: dict[str, float] = {}
+    for branch, entry in prepared.items():
+        stats = preparation_stats(_as_prepared(entry), clean or _as_prepared(entry), n)
+        rows.append({"branch": branch, **stats})
+        metrics |= {f"{branch}.{k}": v for k, v in stats.items()}
+        log.info("attacker branch %s: kept %d of %d photos, crop IoU with clean %.3f", branch, stats["kept"], n,
+                 stats["crop_iou_mean"])
+    return prepared, pd.DataFrame(rows), as_mlflow_metrics(metrics), figures
+
+
+def _as_prepared(entry: dict[str, Any]) -> PreparedSet:
+    dropped = torch.isnan(entry["scores"]).nonzero().flatten().tolist()
+    return PreparedSet(crops=entry["crops"], kept_index=entry["kept_index"], boxes=entry["boxes"],
+                       windows=entry["windows"], scores=entry["scores"], dropped=dropped)
+
+
+def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], params: dict[str, Any],
+            recipes: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[dict[str, float]]]]:
+    """Fine-tune the chosen victim from its checkpoint on each branch's crops (same seed and settings)."""
+    spec = next((v for v in victim_ensemble if v["name"] == params["victim"]), None)
+    if spec is None:
+        raise KeyError(f"attacker_retraining.victim {params['victim']!r} is not in the ensemble "
+                       f"{[v['name'] for v in victim_ensemble]}")
+    models, rows, metrics = {}, [], {}
+    for branch, data in prepared.items():
+        if data["crops"].shape[0] < int(params["min_crops"]):
+            raise ValueError(f"attacker branch {branch!r}: only {data['crops'].shape[0]} usable crops "
+                             f"(min_crops {params['min_crops']}); the detector dropped the rest")
+        result = train_recipe(spec["arch"], recipes, data["crops"], data["attrs"],
+                              Path(params["work_dir"]) / branch, init_checkpoint=spec["checkpoint"],
+                              **dict(params.get("overrides") or {}))
+        models[branch] = torch.load(result.generator_path, map_location="cpu", weights_only=True)
+        for step, losses in result.history:
+            rows.append({"branch": branch, "step": step, **losses})
+            for term, value in losses.items():
+                metrics.setdefault(f"{branch}.{term}", []).append({"value": float(value), "step": int(step)})
+    return {"arch": spec["arch"], "victim": spec, "models": models}, pd.DataFrame(rows), metrics
