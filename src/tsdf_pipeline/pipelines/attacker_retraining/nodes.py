@@ -23,8 +23,8 @@ from tsdf_pipeline.data.attacker import (
     save_photos,
 )
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
-from tsdf_pipeline.pipelines.evaluation.reporting import image_figure
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+from tsdf_pipeline.pipelines.reporting import image_figure
 from tsdf_pipeline.training.recipes import train_recipe
 
 log = logging.getLogger(__name__)

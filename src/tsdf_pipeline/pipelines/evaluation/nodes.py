@@ -15,8 +15,8 @@ from tsdf_pipeline.metrics.evaluate_interruption import (
     evaluate_interruption,
 )
 from tsdf_pipeline.models.ensemble import load_ensemble
-from tsdf_pipeline.pipelines.evaluation.reporting import bar_chart, image_figure, markdown_table
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+from tsdf_pipeline.pipelines.reporting import bar_chart, image_figure, markdown_table
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from tsdf_pipeline.models.ensemble import load_victim
 from tsdf_pipeline.models.victims import Victim
 from tsdf_pipeline.pipelines.attacker_retraining.nodes import CLEAN, branch_protections
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
-from tsdf_pipeline.pipelines.evaluation.reporting import markdown_table
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+from tsdf_pipeline.pipelines.reporting import markdown_table
 
 DISRUPTION = ("sr_mask", "l2_mask", "ssim_out_w3", "ssim_out_w7", "psnr_out")
 QUALITY = ("recon_error", "edit_mask_coverage", "output_face_rate")

@@ -14,8 +14,8 @@ from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, evaluate
 from tsdf_pipeline.models.ensemble import load_ensemble
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
 from tsdf_pipeline.pipelines.evaluation.nodes import perturbation_for
-from tsdf_pipeline.pipelines.evaluation.reporting import image_figure, markdown_table
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
+from tsdf_pipeline.pipelines.reporting import image_figure, markdown_table
 
 DETECTION_COLUMNS = ("detector", "perturbation", "precision", "recall", "f1", "duq", "confidence_change",
                      "box_change_pct", "detection_rate_before", "detection_rate_after", "n_images")

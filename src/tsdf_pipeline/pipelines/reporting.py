@@ -1,4 +1,4 @@
-"""Tables, markdown summaries and figures for the evaluation stage (Kedro layer: pandas, matplotlib)."""
+"""Tables, markdown summaries and figures for the reports of every stage (Kedro layer: pandas, matplotlib)."""
 
 from __future__ import annotations
 
