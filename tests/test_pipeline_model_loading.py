@@ -24,7 +24,7 @@ def _project(tmp_path, paths, ensemble=None):
 def test_model_cards_for_every_victim(tmp_path, monkeypatch):
     paths = save_tiny_checkpoints(tmp_path / "models")
     project = _project(tmp_path, paths)
-    run_project(project, monkeypatch)
+    run_project(project, monkeypatch, to_nodes=["validate_victims"])
     cards = json.loads(next((project / "data/08_reporting/model_cards.json").glob("*/*.json")).read_text())
     assert set(cards) == {"stargan", "attentiongan", "attgan", "hisd"}
     for name, card in cards.items():
@@ -42,4 +42,4 @@ def test_missing_checkpoint_names_path_and_source(tmp_path, monkeypatch):
     project = _project(tmp_path, paths, ensemble=["stargan", "attgan"])
     with pytest.raises(Exception, match=r"checkpoint of victim 'attgan' not found: expected .*weights.199.pth; "
                                         r"it comes from tiny test attgan"):
-        run_project(project, monkeypatch)
+        run_project(project, monkeypatch, to_nodes=["validate_victims"])

@@ -30,7 +30,7 @@ def test_interruption_and_evaluation_end_to_end(tmp_path, monkeypatch):
                        "examples": 2, "device": "cpu"},
     }
     project = make_project(tmp_path, params, catalog_overrides(paths))
-    run_project(project, monkeypatch)
+    run_project(project, monkeypatch, to_nodes=["evaluate_interruption"])
 
     perturbations = torch.load(next((project / "data/07_model_output/perturbations.pt").glob("*/*.pt")),
                                weights_only=True)

@@ -1,0 +1,49 @@
+"""The shipped demo victims load from data/06_models/demo with conf/base's model_loading parameters and pass a
+cheap version of the quality bar on held-out demo images (the full bar: scripts/demo_quality_bar.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tests.kedro_project import PROJECT
+from tsdf_pipeline.data.celeba import read_index
+from tsdf_pipeline.data.splits import split_rows
+from tsdf_pipeline.data.subsets import build_subset
+from tsdf_pipeline.metrics.disruption import edit_mask
+from tsdf_pipeline.models.ensemble import load_victim
+
+FILES = {"stargan": "200000-G.ckpt", "attentiongan": "200000-G.ckpt", "attgan": "weights.199.pth",
+         "hisd": "gen_00600000.pt"}
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    params = yaml.safe_load((PROJECT / "conf/base/parameters_data_ingestion.yml").read_text())["data_ingestion"]
+    index = read_index(PROJECT / params["root"])
+    subset, _ = build_subset(index, split_rows(index, "test")[:8], image_size=params["image_size"],
+                             crop_size=params["crop_size"], label_sets={}, progress=False)
+    return subset["images"], subset["attrs"]
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_shipped_demo_victim_edits_change_the_face(name, held_out):
+    conf = yaml.safe_load((PROJECT / "conf/base/parameters_model_loading.yml").read_text())["model_loading"]
+    victim_conf = conf["victims"][name]
+    options = dict(victim_conf["options"])
+    if "reference" in options:
+        options["reference"] = str(PROJECT / options["reference"])
+    victim = load_victim({"name": name, "arch": name, "checkpoint": str(PROJECT / "data/06_models/demo" / name /
+                                                                           FILES[name]),
+                          "config": victim_conf["config"], "options": options})
+    x, attrs = held_out
+    t = victim.targets(attrs, mode="all")
+    with torch.no_grad():
+        out = victim.edit(x, t)
+    assert torch.isfinite(out).all()
+    for i, target in enumerate(t.names):
+        if target == "recon":
+            continue
+        coverage = edit_mask(out[i], x).mean()
+        assert coverage >= 0.02, f"{name} {target}: the edit covers {coverage:.3%} of the pixels (bar: 2%)"
