@@ -11,13 +11,12 @@ checkpoint object (official wrapper dict) atomically, so training stages can ver
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
+from tsdf_pipeline.models.checkpoints import atomic_save
 from tsdf_pipeline.models.ensemble import file_sha256
 
 
@@ -48,16 +47,7 @@ class CheckpointDataset(AbstractVersionedDataset[Any, dict[str, Any]]):
                 "exists": exists}
 
     def _save(self, data: Any) -> None:
-        path = Path(str(self._get_save_path()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_save(data, str(self._get_save_path()))
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "source": self._source, "version": self._version}

@@ -6,8 +6,6 @@ so a file from elsewhere can never execute code. Modules are stored as state dic
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -20,6 +18,8 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
+
+from tsdf_pipeline.models.checkpoints import atomic_save
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -55,16 +55,7 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
             with self._fs.open(path, "wb") as f:
                 torch.save(data, f)
             return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_save(data, path)
         self._invalidate_cache()
 
     def _describe(self) -> dict[str, Any]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from tsdf_pipeline.models.checkpoints import atomic_save
 
 STATE_FORMAT = "tsdf-defense-state/1"
 
@@ -68,14 +68,7 @@ def save_state(path: str | Path, state: LoopState, *, method: str, fingerprint: 
         "tensors": {k: v.detach().to("cpu") for k, v in state.tensors.items()},
         "history": state.history,
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(payload, path)
 
 
 def load_state(path: str | Path, *, method: str, fingerprint: dict[str, Any],

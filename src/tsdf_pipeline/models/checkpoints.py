@@ -192,7 +192,10 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
     module.load_state_dict(full, strict=True)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to a temporary file next to ``path`` (fsynced), then rename it over ``path``:
+    a crash never leaves a half-written file under the final name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -226,5 +229,5 @@ def save_generator(arch: str, module: nn.Module, path: str | os.PathLike, extra:
     else:
         obj = {"gen": extra.pop("gen", sd), "gen_test": sd, **extra}
     path = Path(path)
-    _atomic_save(obj, path)
+    atomic_save(obj, path)
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 
 from tsdf_pipeline.data.attributes import attr_indices
 from tsdf_pipeline.models import load_discriminator, load_generator, save_generator
+from tsdf_pipeline.models.checkpoints import atomic_save
 from tsdf_pipeline.training.config import TrainConfig
 from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
 
@@ -142,20 +142,6 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def grid_rows(columns: list[Tensor]) -> Tensor:

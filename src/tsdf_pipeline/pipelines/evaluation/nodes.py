@@ -90,6 +90,8 @@ def _summary(table: pd.DataFrame) -> str:
         markdown_table(wm, ("method", *WATERMARK_FIELDS)), "",
         "## Robustness: SR_mask after the attacker purifies the protected image", "",
         markdown_table(robust, list(robust.columns)), "",
+        "LPIPS and FID: unavailable (they need backbone weights, which cannot be downloaded here; none are "
+        "configured), so they are not reported.", "",
     ]
     return "\n".join(parts)
 
