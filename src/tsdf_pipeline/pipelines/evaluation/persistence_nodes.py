@@ -3,7 +3,8 @@
 Per branch ``b`` (protection ``w_b``): disruption of ``w_b`` against the original victim (``before``), against the
 model fine-tuned on ``b``'s prepared data (``after``) and, as a control, against the model fine-tuned on the clean
 branch's data (``after_clean``). Per model: its quality on clean inputs (reconstruction error, edit strength,
-face-detection rate of its outputs with the attacker's detector).
+face-detection rate of its outputs with the attacker's detector, gender-edit flip rate with the classifier that
+labelled the demo set).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from tsdf_pipeline.metrics.attribute_classifier import male_probability
 from tsdf_pipeline.metrics.disruption import edit_mask
 from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, evaluate_interruption
 from tsdf_pipeline.models.ensemble import load_victim
@@ -26,7 +29,8 @@ from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
 from tsdf_pipeline.pipelines.reporting import markdown_table
 
 DISRUPTION = ("sr_mask", "l2_mask", "ssim_out_w3", "ssim_out_w7", "psnr_out")
-QUALITY = ("recon_error", "edit_mask_coverage", "output_face_rate")
+QUALITY = ("recon_error", "edit_mask_coverage", "output_face_rate", "gender_flip_rate")
+GENDER_TARGET = "Male"
 
 
 def _retrained_victim(spec: dict[str, Any], checkpoint: Any, folder: Path, name: str) -> Victim:
@@ -36,11 +40,12 @@ def _retrained_victim(spec: dict[str, Any], checkpoint: Any, folder: Path, name:
 
 
 @torch.no_grad()
-def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, detector: Any, batch_size: int
-                  ) -> dict[str, float]:
-    """Clean-input quality: mean |G(x, recon) - x|, mean edit-mask coverage of the other targets, and the share
-    of edited outputs in which the detector finds a face."""
-    recon, coverage, faces, outputs = [], [], 0, 0
+def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, detector: Any, batch_size: int,
+                  male_before: np.ndarray) -> dict[str, float]:
+    """Clean-input quality: mean |G(x, recon) - x|, mean edit-mask coverage of the other targets, the share of
+    edited outputs in which the detector finds a face, and how often the gender edit flips the decision of the
+    demo labels' gender classifier (``male_before``: its ``p_male`` on the inputs; NaN without a gender edit)."""
+    recon, coverage, faces, outputs, gender = [], [], 0, 0, []
     for start in range(0, images.shape[0], batch_size):
         x, a = images[start:start + batch_size], attrs[start:start + batch_size]
         t = victim.targets(a, mode="all")
@@ -49,11 +54,15 @@ def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, det
         if "recon" in t.names:
             recon.append((out[t.names.index("recon")] - x).abs().mean(dim=(1, 2, 3)))
         coverage += [edit_mask(out[i], x).mean(dim=(1, 2, 3)) for i in edits]
+        if GENDER_TARGET in t.names:
+            gender.append(male_probability(out[t.names.index(GENDER_TARGET)]))
         found = detector.detect(out[edits].reshape(-1, *x.shape[1:]).clamp(-1, 1))
         faces += sum(int(b.shape[0] > 0) for b in found.boxes)
         outputs += len(edits) * x.shape[0]
     return {"recon_error": float(torch.cat(recon).mean()) if recon else float("nan"),
-            "edit_mask_coverage": float(torch.cat(coverage).mean()), "output_face_rate": faces / max(outputs, 1)}
+            "edit_mask_coverage": float(torch.cat(coverage).mean()), "output_face_rate": faces / max(outputs, 1),
+            "gender_flip_rate": float(((np.concatenate(gender) > 0.5) != (male_before > 0.5)).mean())
+            if gender else float("nan")}
 
 
 def evaluate_persistence(retrained_models: dict[str, Any], evaluation_set: dict[str, Any],
@@ -71,8 +80,10 @@ def evaluate_persistence(retrained_models: dict[str, Any], evaluation_set: dict[
         models = {"original": load_victim(spec)}
         models |= {f"retrained_{b}": _retrained_victim(spec, ckpt, Path(tmp), b)
                    for b, ckpt in retrained_models["models"].items()}
+    male_before = male_probability(images)
     for name, victim in models.items():
-        rows.append({"kind": "quality", "model": name, **model_quality(victim, images, attrs, detector, batch_size)})
+        rows.append({"kind": "quality", "model": name,
+                     **model_quality(victim, images, attrs, detector, batch_size, male_before)})
     for branch, w in protections.items():
         if w is None:
             continue
