@@ -46,8 +46,9 @@ def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, det
     edited outputs in which the detector finds a face, and how often the gender edit flips the decision of the
     demo labels' gender classifier (``male_before``: its ``p_male`` on the inputs; NaN without a gender edit)."""
     recon, coverage, faces, outputs, gender = [], [], 0, 0, []
+    device = next(victim.parameters()).device
     for start in range(0, images.shape[0], batch_size):
-        x, a = images[start:start + batch_size], attrs[start:start + batch_size]
+        x, a = images[start:start + batch_size].to(device), attrs[start:start + batch_size].to(device)
         t = victim.targets(a, mode="all")
         out = victim.edit(x, t)
         edits = [i for i, n in enumerate(t.names) if n != "recon"]
@@ -56,7 +57,7 @@ def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, det
         coverage += [edit_mask(out[i], x).mean(dim=(1, 2, 3)) for i in edits]
         if GENDER_TARGET in t.names:
             gender.append(male_probability(out[t.names.index(GENDER_TARGET)]))
-        found = detector.detect(out[edits].reshape(-1, *x.shape[1:]).clamp(-1, 1))
+        found = detector.detect(out[edits].reshape(-1, *x.shape[1:]).clamp(-1, 1).cpu())
         faces += sum(int(b.shape[0] > 0) for b in found.boxes)
         outputs += len(edits) * x.shape[0]
     return {"recon_error": float(torch.cat(recon).mean()) if recon else float("nan"),
@@ -76,9 +77,10 @@ def evaluate_persistence(retrained_models: dict[str, Any], evaluation_set: dict[
     detector = load_detectors([attacker_params["detector"]], detector_registry)[attacker_params["detector"]]
     protections = branch_protections(list(retrained_models["models"]), perturbations, poisoned_perturbation)
     rows: list[dict[str, Any]] = []
+    device = params.get("device", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"original": load_victim(spec)}
-        models |= {f"retrained_{b}": _retrained_victim(spec, ckpt, Path(tmp), b)
+        models = {"original": load_victim(spec).to(device)}
+        models |= {f"retrained_{b}": _retrained_victim(spec, ckpt, Path(tmp), b).to(device)
                    for b, ckpt in retrained_models["models"].items()}
     male_before = male_probability(images)
     for name, victim in models.items():
@@ -93,7 +95,8 @@ def evaluate_persistence(retrained_models: dict[str, Any], evaluation_set: dict[
         for phase, model in phases.items():
             with torch.no_grad():
                 method_rows = evaluate_interruption([models[model]], images, attrs, w, method=branch,
-                                                    batch_size=batch_size, target_mode=params.get("target_mode", "all"))
+                                                    batch_size=batch_size, target_mode=params.get("target_mode", "all"),
+                                                    device=device)
             pooled = aggregate_rows(method_rows)[0]
             rows.append({"kind": "disruption", "protection": branch, "phase": phase, "model": model,
                          **{k: pooled[k] for k in DISRUPTION}})
