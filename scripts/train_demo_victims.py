@@ -72,7 +72,7 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
     record = {"arch": arch, "steps": steps, "device": device, "seconds": round(time.time() - start, 1),
               "torch": torch.__version__, "recipe": {**params.get("common", {}), **params[arch], **overrides},
               "data": data_params["root"], "image_size": data_params["image_size"],
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]).replace(f"{ROOT}/", "")}
     (target.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     samples = sorted((work / arch / "samples").glob("*.png"))
     if samples:

@@ -6,11 +6,13 @@ official CelebA checkpoints the pipeline attacks (upstream scripts default to 12
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from tsdf_pipeline.data.attributes import ATTGAN_ATTRS, STARGAN_ATTRS
+from tsdf_pipeline.models.hisd import DEFAULT_CONFIG as HISD_DEFAULT_CONFIG
 
 # Settings that may differ between a run and its resume. All but ``num_iters`` leave the numbers unchanged;
 # raising ``num_iters`` trains longer (StarGAN's linear lr decay then follows the new end).
@@ -129,17 +131,9 @@ def _celeba_hq_tag_rules() -> dict[str, dict[str, dict[str, int]]]:
 
 
 def _hisd_generator_sizes() -> dict[str, Any]:
-    """``configs/celeba-hq_256.yaml`` generator sizes (tags come from ``tag_rules``)."""
-    return {
-        "style_dim": 256,
-        "noise_dim": 32,
-        "encoder": [64, 128, 256],
-        "decoder": [256, 128, 64],
-        "extractors": [32, 64, 128, 256, 512, 512, 512],
-        "translators": [64, 64, 64, 64, 64, 64, 64, 64],
-        "mappers_pre": [256, 256, 256],
-        "mappers_post": [256, 256, 256],
-    }
+    """``configs/celeba-hq_256.yaml`` generator sizes: ``models.hisd.DEFAULT_CONFIG`` without the keys the
+    trainer sets itself (``tags`` from ``tag_rules``, ``new_size`` from ``image_size``, ``input_dim``)."""
+    return {k: copy.deepcopy(v) for k, v in HISD_DEFAULT_CONFIG.items() if k not in ("tags", "new_size", "input_dim")}
 
 
 @dataclass
