@@ -20,7 +20,7 @@ import torch
 
 from tsdf_pipeline.defense.poisoning import DetectorPoisoner, PoisoningConfig
 from tsdf_pipeline.defense.state import make_generator
-from tsdf_pipeline.defense.victim_ops import resolve_device
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.models.detectors import build_detector, load_detector
 
 

@@ -20,9 +20,9 @@ import time
 import torch
 
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.training import TRAINERS, TensorFaceDataset, make_config
 from tsdf_pipeline.training.dataset import BatchSampler
-from tsdf_pipeline.training.engine import resolve_device
 
 
 def synthetic_dataset(n: int, size: int) -> TensorFaceDataset:

@@ -21,7 +21,7 @@ def tiny_stage1_params(tmp_path: Path, root: Path, methods: list[str], ensemble:
     fast = {"device": "cpu", "progress": False}
     return {
         "data_ingestion": {"root": str(root), "image_size": SIZE, "optimisation": {"split": "train", "count": 4},
-                           "evaluation": {"split": "test", "count": 3}},
+                           "evaluation": {"split": "test", "count": 3}, "training": {"split": "train", "start": 0}},
         "model_loading": model_loading_params(root / "img_align_celeba" / "000001.jpg", ensemble),
         "interruption": {"methods": methods, "checkpoint_dir": str(tmp_path / "ckpt"),
                          "tsdf": {"epochs": 1, "batch_size": 2, **fast}, "noise": {"epsilon": 0.05, "seed": 1}},

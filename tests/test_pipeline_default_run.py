@@ -35,7 +35,7 @@ def project(tmp_path):
     paths = save_tiny_checkpoints(tmp_path / "models", size=SIZE)
     params = {
         "data_ingestion": {"root": str(DEMO), "image_size": SIZE, "optimisation": {"split": "train", "count": 4},
-                           "evaluation": {"split": "test", "count": 3}, "training": {"split": "train", "count": 8}},
+                           "evaluation": {"split": "test", "count": 3}, "training": {"split": "train", "start": 4, "count": 8}},
         "model_loading": model_loading_params(DEMO / "img_align_celeba" / "000003.jpg", size=SIZE),
         "interruption": {"methods": ["tsdf", "noise"], "checkpoint_dir": str(tmp_path / "ckpt"),
                          "tsdf": {"epochs": 1, "batch_size": 2, **FAST}, "noise": {"epsilon": 0.05, "seed": 1}},

@@ -19,7 +19,7 @@ def project(tmp_path):
     return make_project(tmp_path, {"data_ingestion": {
         "root": str(root), "image_size": 32,
         "optimisation": {"split": "train", "count": 4}, "evaluation": {"split": "test", "count": 50},
-        "training": {"split": "train", "count": 3},
+        "training": {"split": "train", "start": 1, "count": 3},
     }})
 
 
@@ -35,6 +35,8 @@ def test_ingestion_writes_versioned_outputs_and_one_mlflow_run(project, monkeypa
     assert table.shape == (12, 42)
     report = json.loads(next((project / "data/08_reporting/ingestion_report.json").glob("*/*.json")).read_text())
     assert report["evaluation"]["requested"] == 50 and report["evaluation"]["decoded"] == 5
+    training = torch.load(next((project / "data/05_model_input/training_set.pt").glob("*/*.pt")), weights_only=True)
+    assert training["image_ids"] == ["000002.jpg", "000003.jpg", "000004.jpg"]  # start 1 of the train split
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

@@ -15,7 +15,7 @@ def _project(tmp_path, paths, ensemble=None):
     root, _ = make_celeba(tmp_path / "celeba", n=8)
     params = {
         "data_ingestion": {"root": str(root), "image_size": SIZE, "optimisation": {"split": "train", "count": 2},
-                           "evaluation": {"split": "test", "count": 2}},
+                           "evaluation": {"split": "test", "count": 2}, "training": {"split": "train", "start": 0}},
         "model_loading": model_loading_params(root / "img_align_celeba" / "000001.jpg", ensemble),
     }
     return make_project(tmp_path, params, catalog_overrides(paths))

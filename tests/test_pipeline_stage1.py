@@ -18,7 +18,7 @@ def test_interruption_and_evaluation_end_to_end(tmp_path, monkeypatch):
     paths = save_tiny_checkpoints(tmp_path / "models")
     params = {
         "data_ingestion": {"root": str(root), "image_size": SIZE, "optimisation": {"split": "train", "count": 4},
-                           "evaluation": {"split": "test", "count": 3}},
+                           "evaluation": {"split": "test", "count": 3}, "training": {"split": "train", "start": 0}},
         "model_loading": model_loading_params(root / "img_align_celeba" / "000001.jpg"),
         "interruption": {
             "methods": ["tsdf", "cmua", "pgd", "noise"], "checkpoint_dir": str(tmp_path / "ckpt"),

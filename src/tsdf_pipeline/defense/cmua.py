@@ -35,8 +35,8 @@ from tsdf_pipeline.defense.victim_ops import (
     autocast,
     check_inputs,
     prepare_victims,
-    resolve_device,
 )
+from tsdf_pipeline.devices import resolve_device
 
 CMUA_ORDER: tuple[str, ...] = ("stargan", "attentiongan", "hisd", "attgan")
 RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "checkpoint_every", "progress")

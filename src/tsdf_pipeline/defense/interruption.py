@@ -53,8 +53,8 @@ from tsdf_pipeline.defense.victim_ops import (
     autocast,
     check_inputs,
     prepare_victims,
-    resolve_device,
 )
+from tsdf_pipeline.devices import resolve_device
 
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.

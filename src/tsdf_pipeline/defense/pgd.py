@@ -30,8 +30,8 @@ from tsdf_pipeline.defense.victim_ops import (
     autocast,
     check_inputs,
     prepare_victims,
-    resolve_device,
 )
+from tsdf_pipeline.devices import resolve_device
 
 
 @dataclass

@@ -83,8 +83,8 @@ from tsdf_pipeline.defense.victim_ops import (
     autocast,
     check_inputs,
     prepare_victims,
-    resolve_device,
 )
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.models.detectors import Detector, DetectorOutput, RetinaFaceMobileNet
 
 # Settings that do not change the result; a checkpoint may be resumed with other values of these.

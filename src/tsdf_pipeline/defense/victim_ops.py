@@ -29,13 +29,6 @@ class VictimLike(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when ``amp``; a no-op on the CPU (fp32 there, for determinism and speed)."""
     if amp and device.type == "cuda":

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.training.base import ArchTrainer, atomic_save
 from tsdf_pipeline.training.config import RUNTIME_FIELDS, TrainConfig
 from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
@@ -89,15 +90,6 @@ class NonFiniteGuard:
         if bad:
             step = min(bad)
             raise NonFiniteLossError(step, names[steps.index(step)], checkpoint)
-
-
-def resolve_device(requested: str | torch.device | None) -> torch.device:
-    if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available")
-    return device
 
 
 def seed_everything(seed: int) -> None:

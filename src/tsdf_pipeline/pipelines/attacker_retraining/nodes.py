@@ -22,7 +22,10 @@ from tsdf_pipeline.data.attacker import (
     protect,
     save_photos,
 )
+from tsdf_pipeline.devices import resolve_device
+from tsdf_pipeline.metrics.grids import to_uint8
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
 from tsdf_pipeline.pipelines.reporting import image_figure
 from tsdf_pipeline.training.recipes import train_recipe
@@ -52,10 +55,18 @@ def branch_protections(branches: list[str], perturbations: dict[str, Any], poiso
 def collect_and_prepare(training_set: dict[str, Any], perturbations: dict[str, Any], poisoned: dict[str, Any],
                         params: dict[str, Any], detector_registry: dict[str, Any]
                         ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]], dict[str, Figure]]:
-    """Protect the pool, save and reload it as the attacker's files, detect and crop faces, per branch."""
-    n = int(params["pool_count"])
+    """Protect the pool, save and reload it as the attacker's files, detect and crop faces, per branch.
+
+    Crops are stored as uint8 (they are on the 8-bit grid already): 4x smaller versioned datasets.
+    """
+    rows_available = len(training_set["image_ids"])
+    n = min(int(params["pool_count"]), rows_available)
+    if n < int(params["pool_count"]):
+        log.warning("attacker pool: asked for %d photos, the training subset holds %d; using %d",
+                    params["pool_count"], rows_available, n)
     images, attrs, ids = training_set["images"][:n], training_set["attrs"][:n], training_set["image_ids"][:n]
-    detector = load_detectors([params["detector"]], detector_registry)[params["detector"]]
+    device = resolve_device(params.get("device", "cpu"))
+    detector = load_detectors([params["detector"]], detector_registry, device=str(device))[params["detector"]]
     prepared, rows, figures = {}, [], {}
     for branch, w in branch_protections(params["branches"], perturbations, poisoned).items():
         photos, protected_mask = protect(images, w, params.get("fraction", 1.0), seed=int(params["seed"]))
@@ -63,8 +74,8 @@ def collect_and_prepare(training_set: dict[str, Any], perturbations: dict[str, A
                             jpeg_quality=params.get("jpeg_quality"))
         crops = prepare_crops(load_photos(paths), detector, score_threshold=float(params["score_threshold"]),
                               margin=float(params["margin"]), out_size=int(params["out_size"]),
-                              batch_size=int(params.get("batch_size", 32)))
-        prepared[branch] = {"crops": crops.crops, "attrs": attrs[crops.kept_index],
+                              batch_size=int(params.get("batch_size", 32)), device=device)
+        prepared[branch] = {"crops": to_uint8(crops.crops), "attrs": attrs[crops.kept_index],
                             "kept_ids": [ids[i] for i in crops.kept_index.tolist()], "boxes": crops.boxes,
                             "windows": crops.windows, "scores": crops.scores, "kept_index": crops.kept_index,
                             "protected": protected_mask}
@@ -81,9 +92,14 @@ def collect_and_prepare(training_set: dict[str, Any], perturbations: dict[str, A
     return prepared, pd.DataFrame(rows), as_mlflow_metrics(metrics), figures
 
 
+def from_uint8(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 crops ``[K,3,S,S]`` → float in [-1,1] (exact inverse of ``to_uint8`` on the 8-bit grid)."""
+    return crops.float() / 127.5 - 1
+
+
 def _as_prepared(entry: dict[str, Any]) -> PreparedSet:
     dropped = torch.isnan(entry["scores"]).nonzero().flatten().tolist()
-    return PreparedSet(crops=entry["crops"], kept_index=entry["kept_index"], boxes=entry["boxes"],
+    return PreparedSet(crops=from_uint8(entry["crops"]), kept_index=entry["kept_index"], boxes=entry["boxes"],
                        windows=entry["windows"], scores=entry["scores"], dropped=dropped)
 
 
@@ -95,13 +111,16 @@ def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], par
         raise KeyError(f"attacker_retraining.victim {params['victim']!r} is not in the ensemble "
                        f"{[v['name'] for v in victim_ensemble]}")
     models, rows, metrics = {}, [], {}
+    overrides = dict(params.get("overrides") or {})
     for branch, data in prepared.items():
         if data["crops"].shape[0] < int(params["min_crops"]):
             raise ValueError(f"attacker branch {branch!r}: only {data['crops'].shape[0]} usable crops "
                              f"(min_crops {params['min_crops']}); the detector dropped the rest")
-        result = train_recipe(spec["arch"], recipes, data["crops"], data["attrs"],
-                              Path(params["work_dir"]) / branch, init_checkpoint=spec["checkpoint"],
-                              **dict(params.get("overrides") or {}))
+        # One work folder per job (victim file, recipe, branch): a killed run resumes, a changed job starts fresh.
+        work = job_checkpoint(params["work_dir"], branch, spec["arch"], spec["sha256"], recipes.get("common"),
+                              recipes.get(spec["arch"]), overrides, data["kept_ids"]).with_suffix("")
+        result = train_recipe(spec["arch"], recipes, from_uint8(data["crops"]), data["attrs"], work,
+                              init_checkpoint=spec["checkpoint"], device=params.get("device"), **overrides)
         models[branch] = torch.load(result.generator_path, map_location="cpu", weights_only=True)
         for step, losses in result.history:
             rows.append({"branch": branch, "step": step, **losses})

@@ -59,7 +59,12 @@ def build_subsets(
     subsets = []
     for name in SUBSETS:
         spec = params[name]
-        rows = take_first(split_rows(index, spec["split"]), spec.get("count"), f"{name} subset")
+        start_row = int(spec.get("start") or 0)
+        split = split_rows(index, spec["split"])
+        if start_row >= split.size:
+            raise ValueError(f"data_ingestion.{name}: start {start_row} leaves no image of the {split.size} in split "
+                             f"{spec['split']!r} of {params['root']}")
+        rows = take_first(split[start_row:], spec.get("count"), f"{name} subset")
         start = time.perf_counter()
         subset, skipped = build_subset(
             index, rows, image_size=params["image_size"], crop_size=params.get("crop_size"),
@@ -67,7 +72,8 @@ def build_subsets(
         )
         seconds = time.perf_counter() - start
         n = len(subset["image_ids"])
-        report[name] = {"split": spec["split"], "requested": spec.get("count"), "available": int(rows.size),
+        report[name] = {"split": spec["split"], "start": start_row,
+                        "requested": spec.get("count"), "available": int(rows.size),
                         "decoded": n, "skipped": skipped, "seconds": round(seconds, 3)}
         metrics |= {f"{name}.images": n, f"{name}.skipped": len(skipped),
                     f"{name}.seconds": seconds, f"{name}.images_per_s": n / max(seconds, 1e-9)}

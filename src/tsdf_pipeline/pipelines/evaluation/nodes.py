@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.evaluate_interruption import (
     aggregate_rows,
     collect_examples,
@@ -45,7 +46,8 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
     Returns the tidy table (per-target rows and pooled ``target == "all"`` rows, plus watermark rows), a
     markdown summary, MLflow metrics ``<method>.<victim>.<metric>`` and figures (example grids, bar charts).
     """
-    victims = load_ensemble(victim_ensemble, device=params.get("device", "cpu"))
+    device = resolve_device(params.get("device", "cpu"))
+    victims = load_ensemble(victim_ensemble, device=device)
     images, attrs, ids = evaluation_set["images"], evaluation_set["attrs"], evaluation_set["image_ids"]
     rows: list[dict[str, Any]] = []
     figures: dict[str, Figure] = {}
@@ -58,12 +60,12 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
             method_rows = evaluate_interruption(
                 victims, images, attrs, w, method=method, batch_size=int(params["batch_size"]),
                 purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
-                device=params.get("device", "cpu"))
+                device=device)
         rows += method_rows + [{**r, "target": "all"} for r in aggregate_rows(method_rows)]
         n_examples = int(params.get("examples", 4))
         for victim, grid in collect_examples(victims, images[:n_examples], attrs[:n_examples],
                                              w[:n_examples] if w.shape[0] > 1 else w, n_examples,
-                                             device=params.get("device", "cpu")).items():
+                                             device=device).items():
             figures[f"examples_{method}_{victim}.png"] = image_figure(
                 grid, f"{method} vs {victim}: original | protected | clean edit | protected edit | |diff| x10")
         log.info("evaluated %s on %d images", method, images.shape[0])

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.attribute_classifier import male_probability
 from tsdf_pipeline.metrics.disruption import edit_mask
 from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, evaluate_interruption
@@ -41,7 +42,7 @@ def _retrained_victim(spec: dict[str, Any], checkpoint: Any, folder: Path, name:
 
 @torch.no_grad()
 def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, detector: Any, batch_size: int,
-                  male_before: np.ndarray) -> dict[str, float]:
+                  male_before: np.ndarray | None, center_crop: int | None) -> dict[str, float]:
     """Clean-input quality: mean |G(x, recon) - x|, mean edit-mask coverage of the other targets, the share of
     edited outputs in which the detector finds a face, and how often the gender edit flips the decision of the
     demo labels' gender classifier (``male_before``: its ``p_male`` on the inputs; NaN without a gender edit)."""
@@ -56,8 +57,8 @@ def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, det
             recon.append((out[t.names.index("recon")] - x).abs().mean(dim=(1, 2, 3)))
         coverage += [edit_mask(out[i], x).mean(dim=(1, 2, 3)) for i in edits]
         if GENDER_TARGET in t.names:
-            gender.append(male_probability(out[t.names.index(GENDER_TARGET)]))
-        found = detector.detect(out[edits].reshape(-1, *x.shape[1:]).clamp(-1, 1).cpu())
+            gender.append(male_probability(out[t.names.index(GENDER_TARGET)], center_crop))
+        found = detector.detect(out[edits].reshape(-1, *x.shape[1:]).clamp(-1, 1))
         faces += sum(int(b.shape[0] > 0) for b in found.boxes)
         outputs += len(edits) * x.shape[0]
     return {"recon_error": float(torch.cat(recon).mean()) if recon else float("nan"),
@@ -68,24 +69,27 @@ def model_quality(victim: Victim, images: torch.Tensor, attrs: torch.Tensor, det
 
 def evaluate_persistence(retrained_models: dict[str, Any], evaluation_set: dict[str, Any],
                          perturbations: dict[str, Any], poisoned_perturbation: dict[str, Any],
-                         attacker_params: dict[str, Any], params: dict[str, Any], detector_registry: dict[str, Any]
-                         ) -> tuple[pd.DataFrame, str, dict[str, dict[str, float]], Figure]:
+                         attacker_params: dict[str, Any], params: dict[str, Any], detector_registry: dict[str, Any],
+                         data_params: dict[str, Any]) -> tuple[pd.DataFrame, str, dict[str, dict[str, float]], Figure]:
     """The persistence table (protection × {before, after, after_clean} × metric), its markdown and plot."""
     spec = retrained_models["victim"]
     images, attrs = evaluation_set["images"], evaluation_set["attrs"]
     batch_size = int(params["batch_size"])
-    detector = load_detectors([attacker_params["detector"]], detector_registry)[attacker_params["detector"]]
+    device = resolve_device(params.get("device", "cpu"))
+    detector = load_detectors([attacker_params["detector"]], detector_registry,
+                              device=str(device))[attacker_params["detector"]]
     protections = branch_protections(list(retrained_models["models"]), perturbations, poisoned_perturbation)
     rows: list[dict[str, Any]] = []
-    device = params.get("device", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         models = {"original": load_victim(spec).to(device)}
         models |= {f"retrained_{b}": _retrained_victim(spec, ckpt, Path(tmp), b).to(device)
                    for b, ckpt in retrained_models["models"].items()}
-    male_before = male_probability(images)
+    crop = data_params.get("crop_size")
+    needs_classifier = any(GENDER_TARGET in v.target_names("all") for v in models.values())
+    male_before = male_probability(images, crop) if needs_classifier else None
     for name, victim in models.items():
         rows.append({"kind": "quality", "model": name,
-                     **model_quality(victim, images, attrs, detector, batch_size, male_before)})
+                     **model_quality(victim, images, attrs, detector, batch_size, male_before, crop)})
     for branch, w in protections.items():
         if w is None:
             continue

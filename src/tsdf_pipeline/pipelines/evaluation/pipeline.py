@@ -20,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="evaluate_poisoning"),
             Node(evaluate_persistence,
                  ["retrained_models", "evaluation_set", "perturbations", "poisoned_perturbation",
-                  "params:attacker_retraining", "params:evaluation", "params:detectors"],
+                  "params:attacker_retraining", "params:evaluation", "params:detectors", "params:data_ingestion"],
                  ["persistence_table", "persistence_report", "persistence_metrics", "persistence_plot"],
                  name="evaluate_persistence"),
         ]

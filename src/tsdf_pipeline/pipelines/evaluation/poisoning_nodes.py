@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.evaluate_detection import detection_examples, evaluate_detection
 from tsdf_pipeline.metrics.evaluate_interruption import aggregate_rows, evaluate_interruption
 from tsdf_pipeline.models.ensemble import load_ensemble
@@ -48,27 +49,29 @@ def evaluate_poisoning(victim_ensemble: list[dict[str, Any]], evaluation_set: di
     det_params = params["detection"]
     images, ids = evaluation_set["images"], evaluation_set["image_ids"]
     compared = _compared_perturbations(perturbations, poisoned_perturbation, ids, det_params["perturbations"])
-    detectors = load_detectors(det_params["detectors"], detector_registry)
+    device = resolve_device(params.get("device", "cpu"))
+    detectors = load_detectors(det_params["detectors"], detector_registry, device=str(device))
     rows: list[dict[str, Any]] = []
     figures: dict[str, Figure] = {}
     for name, detector in detectors.items():
         thresholds = {"min_score": 0.7, "detect_threshold": 0.5, **dict((det_params.get("thresholds") or {})
                                                                        .get(name) or {})}
         rows += evaluate_detection({name: detector}, images, compared, batch_size=int(params["batch_size"]),
-                                   iou_thr=float(det_params.get("iou_threshold", 0.7)), **thresholds)
+                                   iou_thr=float(det_params.get("iou_threshold", 0.7)), device=device,
+                                   **thresholds)
         grid = detection_examples(detector, images[: params.get("examples", 4)], compared,
-                                  n=params.get("examples", 4), **thresholds)
+                                  n=params.get("examples", 4), device=device, **thresholds)
         figures[f"detections_{name}.png"] = image_figure(
             grid, f"{name}: green = clean detections, red = detections on the protected image; columns: "
                   + " | ".join(compared))
     detection = pd.DataFrame(rows)
 
-    victims = load_ensemble(victim_ensemble, device=params.get("device", "cpu"))
+    victims = load_ensemble(victim_ensemble, device=device)
     with torch.no_grad():
         w2_rows = evaluate_interruption(victims, images, evaluation_set["attrs"], poisoned_perturbation["w"],
                                         method=W2, batch_size=int(params["batch_size"]),
                                         target_mode=params.get("target_mode", "all"),
-                                        device=params.get("device", "cpu"))
+                                        device=device)
     pooled_w2 = pd.DataFrame([{**r, "target": "all"} for r in aggregate_rows(w2_rows)])
     pooled = interruption_table[(interruption_table["kind"] == "interruption")
                                 & (interruption_table["target"] == "all")
@@ -84,7 +87,9 @@ def evaluate_poisoning(victim_ensemble: list[dict[str, Any]], evaluation_set: di
         "# Poisoning: face-detector degradation (TSDF evaluate_perturbation.py protocol)", "",
         "Boxes with score > min_score (0.7 for the probabilistic detectors), greedy one-to-one matching at "
         "IoU >= 0.7 between clean and protected detections; DUQ = (TP - FP) / |clean boxes| (lower = stronger "
-        "poison). Protected images are clamped and 8-bit quantised.", "",
+        "poison). Protected images are clamped and 8-bit quantised. Detectors here are the upstream-correct "
+        f"variants; stage 2 was optimised with release_compat={poisoned_perturbation['config']['release_compat']} "
+        "(with True, these numbers measure transfer from the release's variants).", "",
         markdown_table(detection, DETECTION_COLUMNS), "",
         "## What the poison costs the interruption (all targets pooled, no purification)", "",
         markdown_table(cost, ("victim", "sr_mask_w1", "sr_mask_w2", "sr_mask_change", "l2_mask_w1", "l2_mask_w2",

@@ -8,13 +8,15 @@ from typing import Any
 
 import pandas as pd
 
+from tsdf_pipeline.defense.interruption import RUNTIME_FIELDS
 from tsdf_pipeline.defense.methods import make_config, make_perturbation
 from tsdf_pipeline.models.ensemble import load_ensemble
-from tsdf_pipeline.pipelines.job_keys import job_checkpoint
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
 
 log = logging.getLogger(__name__)
 
-# Universal methods are optimised on the optimisation subset; per-image ones perturb each evaluation image.
+# Universal methods are optimised on the optimisation subset; per-image ones (PGD, noise with per_image) perturb
+# each evaluation image.
 PER_IMAGE_METHODS = ("pgd",)
 
 
@@ -31,9 +33,12 @@ def run_methods(victim_ensemble: list[dict[str, Any]], optimisation_set: dict[st
     metrics: dict[str, list[dict[str, float]]] = {}
     for method in params["methods"]:
         config = make_config(method, dict(params.get(method) or {}))
-        data = evaluation_set if method in PER_IMAGE_METHODS else optimisation_set
-        checkpoint = job_checkpoint(params["checkpoint_dir"], method, method, params.get(method),
-                                    [v["sha256"] for v in victim_ensemble], data["image_ids"])
+        per_image = method in PER_IMAGE_METHODS or getattr(config, "per_image", False)
+        data = evaluation_set if per_image else optimisation_set
+        # Same job = same settings (except the ones a resumed run may change, e.g. more epochs), victims, pixels.
+        settings = {k: v for k, v in vars(config).items() if k not in RUNTIME_FIELDS}
+        checkpoint = job_checkpoint(params["checkpoint_dir"], method, method, settings,
+                                    [v["sha256"] for v in victim_ensemble], tensor_digest(data["images"]))
         start = time.perf_counter()
         result = make_perturbation(method, victims, data["images"], data["attrs"], config,
                                    checkpoint_path=checkpoint)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from tsdf_pipeline.defense.poisoning import PoisoningConfig, run_poisoning
-from tsdf_pipeline.models.ensemble import load_ensemble
+from tsdf_pipeline.models.ensemble import file_sha256, load_ensemble
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
-from tsdf_pipeline.pipelines.job_keys import job_checkpoint
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,15 @@ def run_stage2(victim_ensemble: list[dict[str, Any]], optimisation_set: dict[str
     config = poisoning_config(params, interruption_params)
     victims = load_ensemble(victim_ensemble)
     detectors = load_detectors(params["detectors"], detector_registry, release_compat=config.release_compat)
-    checkpoint = job_checkpoint(params["checkpoint_dir"], "poisoning", params, interruption_params.get("tsdf"),
-                                [v["sha256"] for v in victim_ensemble], optimisation_set["image_ids"],
-                                w1.flatten()[:64].tolist())
+    weights = {name: detector_registry[name].get("weights") if detector_registry[name] else None
+               for name in params["detectors"]}
+    weights_sha = {name: file_sha256(path) if path and Path(path).is_file() else None
+                   for name, path in weights.items()}
+    checkpoint = job_checkpoint(params["checkpoint_dir"], "poisoning", {k: v for k, v in params.items()
+                                                                        if k != "epochs"},
+                                interruption_params.get("tsdf"), weights_sha,
+                                [v["sha256"] for v in victim_ensemble], tensor_digest(optimisation_set["images"]),
+                                tensor_digest(w1))
     start = time.perf_counter()
     result = run_poisoning(victims, detectors, optimisation_set["images"], optimisation_set["attrs"], w1, config,
                            checkpoint_path=checkpoint)

@@ -39,11 +39,6 @@ def check_selected(arch: str, params: dict[str, Any]) -> None:
                          "victim_training.victims")
 
 
-def resolve_device(device: str | None) -> str | None:
-    """``"auto"``/None → None (the trainer picks CUDA when available); anything else is passed on."""
-    return None if device in (None, "auto") else str(device)
-
-
 def train_victim(arch: str, training_set: dict[str, Any], params: dict[str, Any]
                  ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, Image.Image, dict[str, list[dict]]]:
     """Train ``arch`` with its recipe (``params.common`` + ``params[arch]``) on ``training_set``.
@@ -63,7 +58,7 @@ def train_victim(arch: str, training_set: dict[str, Any], params: dict[str, Any]
     images, attrs = training_set["images"], training_set["attrs"]
     log.info("training %s on %d images of %d px in %s", arch, images.shape[0], images.shape[-1], work_dir)
     start = time.perf_counter()
-    result = train_recipe(arch, params, images, attrs, work_dir, device=resolve_device(params.get("device")))
+    result = train_recipe(arch, params, images, attrs, work_dir, device=params.get("device"))
     seconds = time.perf_counter() - start
     if result.resumed_from is not None:
         log.info("%s: resumed from step %d of %s", arch, result.resumed_from, work_dir)
