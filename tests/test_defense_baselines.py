@@ -20,14 +20,6 @@ from tsdf_pipeline.defense.pgd import pgd_update, run_pgd
 from tsdf_pipeline.defense.state import LoopState, load_state, save_state
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cmua_single_update_by_hand():
     x_nat = torch.tensor([[0.0, 0.98]], dtype=torch.float32).view(1, 1, 1, 2).expand(2, 3, 1, 2).clone()
     x_nat[1] = -0.5

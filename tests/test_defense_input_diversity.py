@@ -14,14 +14,6 @@ from tsdf_pipeline.defense.input_diversity import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_range_is_the_release_at_256_and_scaled_elsewhere():
     r = diversity_range(256)
     assert (r.low, r.high, r.pad) == (256, 289, 290)

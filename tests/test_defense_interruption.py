@@ -24,14 +24,6 @@ from tsdf_pipeline.defense.state import make_generator
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Targets:
     names: list[str]

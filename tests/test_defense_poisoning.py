@@ -27,14 +27,6 @@ SIZE = 32  # the smallest side MTCNN's pyramid handles with two levels
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Targets:
     names: list[str]

@@ -35,15 +35,6 @@ TINY: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Single-threaded torch: these tiny models are dominated by thread overhead on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_dataset(n: int = 24, seed: int = 0) -> TensorFaceDataset:
     """Random images with random attributes; exactly one of black/blond/brown hair per image (cycled)."""
     g = torch.Generator().manual_seed(seed)

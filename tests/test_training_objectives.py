@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training_engine import one_thread, tiny_config, tiny_dataset  # noqa: F401  (fixture)
+from tests.test_training_engine import tiny_config, tiny_dataset
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
 from tsdf_pipeline.training import HiSDConfig, make_config, train_gan
 from tsdf_pipeline.training.attgan import scale_target

@@ -30,6 +30,7 @@ from tsdf_pipeline.defense.interruption import InterruptionResult
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
 from tsdf_pipeline.defense.state import config_fingerprint, make_generator
 from tsdf_pipeline.defense.victim_ops import (
+    AttackSettings,
     PreparedVictim,
     VictimLike,
     autocast,
@@ -43,7 +44,7 @@ RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "checkpoint_ev
 
 
 @dataclass
-class CMUAConfig:
+class CMUAConfig(AttackSettings):
     """CMUA settings (defaults: ``setting.json`` as shipped; [-1,1] pixel units)."""
 
     epsilon: float = 0.05
@@ -55,18 +56,10 @@ class CMUAConfig:
     hisd_target_offset: float = 0.002
     batch_size: int = 64
     epochs: int = 1
-    targets: Literal["train", "all"] = "all"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.targets not in ("train", "all"):
-            raise ValueError(f"CMUAConfig.targets: expected 'train' or 'all', got {self.targets!r}")
+        super().__post_init__()
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"CMUAConfig.momentum: expected a value in [0, 1), got {self.momentum}")
         self.order = tuple(self.order)

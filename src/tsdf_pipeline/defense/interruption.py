@@ -48,6 +48,7 @@ from tsdf_pipeline.defense.input_diversity import (
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
 from tsdf_pipeline.defense.state import config_fingerprint, make_generator
 from tsdf_pipeline.defense.victim_ops import (
+    AttackSettings,
     PreparedVictim,
     VictimLike,
     autocast,
@@ -62,7 +63,7 @@ RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "checkpoint_ev
 
 
 @dataclass
-class InterruptionConfig:
+class InterruptionConfig(AttackSettings):
     """Hyperparameters of TSDF stage 1 (defaults: the release, 256 px, [-1,1] pixel units)."""
 
     epsilon: float = 0.05
@@ -83,20 +84,13 @@ class InterruptionConfig:
     di_high: int | None = None    # None: scaled (256 px -> 289)
     di_pad: int | None = None     # None: scaled (256 px -> 290)
     batch_size: int = 8
-    seed: int = 0
-    targets: Literal["train", "all"] = "train"
+    targets: Literal["train", "all"] = "train"   # the paper's training edits (AttackSettings: "all")
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.targets not in ("train", "all"):
-            raise ValueError(f"InterruptionConfig.targets: expected 'train' or 'all', got {self.targets!r}")
+        super().__post_init__()
         if self.cache_clean not in ("run", "batch"):
             raise ValueError(f"InterruptionConfig.cache_clean: expected 'run' or 'batch', got {self.cache_clean!r}")
         if self.epsilon <= 0 or self.step_size <= 0 or self.batch_size < 1 or self.epochs < 0:
@@ -229,29 +223,37 @@ class _Stage1:
                 losses[m] = -(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse)
         return torch.stack(losses)
 
-    def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
-             state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    def feature_steps(self, batch: int, x: Tensor, w: Tensor, clean: _CleanPass
+                      ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """The ``inner_steps`` feature-ensemble sign steps of one batch (no momentum); returns ``(w, records)``."""
         cfg = self.config
         assert self.plan is not None
-        clean = self.clean_pass(batch, x, attrs40)
+        index, valid = self.plan.diversity.index[batch], self.plan.diversity.valid[batch]
         records: list[dict[str, Tensor]] = []
-        draws = DiversityDraw(self.plan.diversity.index[batch], self.plan.diversity.valid[batch])
-        orders = self.plan.orders[batch]
-        w = state["w"]
         for k in range(cfg.inner_steps):
             w_var = w.detach().requires_grad_(True)
-            parts = self.feature_loss(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]), orders[k])
+            parts = self.feature_loss(x, w_var, clean, DiversityDraw(index[k], valid[k]), self.plan.orders[batch][k])
             (grad,) = torch.autograd.grad(parts["loss"], w_var)
             w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
             records.append({f"feature/{key}": val.detach() for key, val in parts.items()})
+        return w, records
 
+    def end_to_end_step(self, batch: int, x: Tensor, w: Tensor, clean: _CleanPass, state: dict[str, Tensor], *,
+                        momentum: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The end-to-end step with momentum and the EMA-softmax victim weights (updated in ``state``).
+
+        Returns ``(w, new momentum, record)``; ``momentum`` matches ``w``'s batch dimension.
+        """
+        cfg = self.config
+        assert self.plan is not None
         k = cfg.inner_steps
+        draw = DiversityDraw(self.plan.diversity.index[batch][k], self.plan.diversity.valid[batch][k])
         weights = state["weights"]
         w_var = w.detach().requires_grad_(True)
-        losses = self.end_to_end_losses(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]), orders[k])
+        losses = self.end_to_end_losses(x, w_var, clean, draw, self.plan.orders[batch][k])
         total = (weights * losses).sum()
         (grad,) = torch.autograd.grad(total, w_var)
-        direction = momentum_direction(grad, state["momentum"], cfg.momentum)
+        direction = momentum_direction(grad, momentum, cfg.momentum)
         w = sign_step(w, direction, cfg.step_size, cfg.epsilon)
         losses = losses.detach()
         ema, new_weights = update_model_weights(state["ema"], losses, cfg.ema, cfg.temperature)
@@ -259,9 +261,16 @@ class _Stage1:
         for i, v in enumerate(self.victims):
             record[f"e2e/loss/{v.name}"] = losses[i]
             record[f"weight/{v.name}"] = weights[i]
-        records.append(record)
-        state.update(w=w.detach(), momentum=direction.detach(), ema=ema, weights=new_weights)
-        return records
+        state.update(ema=ema, weights=new_weights)
+        return w.detach(), direction.detach(), record
+
+    def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
+             state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        clean = self.clean_pass(batch, x, attrs40)
+        w, records = self.feature_steps(batch, x, state["w"], clean)
+        w, momentum, record = self.end_to_end_step(batch, x, w, clean, state, momentum=state["momentum"])
+        state.update(w=w, momentum=momentum)
+        return [*records, record]
 
 
 def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: InterruptionConfig,

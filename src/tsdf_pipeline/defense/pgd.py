@@ -17,7 +17,6 @@ with fixed running statistics, so images do not interact).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from tsdf_pipeline.defense.state import make_generator
 from tsdf_pipeline.defense.victim_ops import (
+    AttackSettings,
     VictimLike,
     autocast,
     check_inputs,
@@ -35,7 +35,7 @@ from tsdf_pipeline.devices import resolve_device
 
 
 @dataclass
-class PGDConfig:
+class PGDConfig(AttackSettings):
     """Ruiz et al. PGD settings (defaults: ``LinfPGDAttack``: ε 0.05, k 10, a 0.01, random start)."""
 
     epsilon: float = 0.05
@@ -43,17 +43,6 @@ class PGDConfig:
     step_size: float = 0.01
     random_start: bool = True
     batch_size: int = 16
-    targets: Literal["train", "all"] = "all"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.targets not in ("train", "all"):
-            raise ValueError(f"PGDConfig.targets: expected 'train' or 'all', got {self.targets!r}")
 
 
 def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon: float) -> Tensor:

@@ -64,17 +64,12 @@ from tsdf_pipeline.defense.detector_losses import (
     project_and_resize,
     small_anchor_term,
 )
-from tsdf_pipeline.defense.input_diversity import DiversityDraw
 from tsdf_pipeline.defense.interruption import (
     RUNTIME_FIELDS as INTERRUPTION_RUNTIME_FIELDS,
 )
 from tsdf_pipeline.defense.interruption import (
     InterruptionConfig,
     _Stage1,
-    l1_normalize,
-    momentum_direction,
-    sign_step,
-    update_model_weights,
 )
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
 from tsdf_pipeline.defense.state import derive_seed, make_generator
@@ -372,45 +367,21 @@ class _Stage2:
     def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
              state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         s1 = self.stage1
-        icfg = s1.config
-        assert s1.plan is not None
         clean = s1.clean_pass(batch, x, attrs40)
-        index, valid = s1.plan.diversity.index[batch], s1.plan.diversity.valid[batch]
-        orders = s1.plan.orders[batch]
-        records: list[dict[str, Tensor]] = []
-        w = state["w"]
-        for k in range(icfg.inner_steps):
-            w_var = w.detach().requires_grad_(True)
-            parts = s1.feature_loss(x, w_var, clean, DiversityDraw(index[k], valid[k]), orders[k])
-            (grad,) = torch.autograd.grad(parts["loss"], w_var)
-            w = sign_step(w, l1_normalize(grad), icfg.step_size, icfg.epsilon)
-            records.append({f"feature/{key}": val.detach() for key, val in parts.items()})
+        w, records = s1.feature_steps(batch, x, state["w"], clean)
 
         generator = make_generator(self.config.seed, "tsdf-stage2-poison", epoch, batch, device=x.device)
         outcome = self.poisoner.poison(x, w, generator)
         records.append(outcome.record())
-        w = outcome.w
 
-        k = icfg.inner_steps
-        weights = state["weights"]
-        n = w.shape[0]
-        w_var = w.detach().requires_grad_(True)
-        losses = s1.end_to_end_losses(x, w_var, clean, DiversityDraw(index[k], valid[k]), orders[k])
-        total = (weights * losses).sum()
-        (grad,) = torch.autograd.grad(total, w_var)
-        direction = momentum_direction(grad, state["momentum"][:n], icfg.momentum)
-        w = sign_step(w, direction, icfg.step_size, icfg.epsilon)
+        # w is per sample now ([B,3,H,W]); the momentum buffer keeps one slot per batch position, as the release.
+        n = outcome.w.shape[0]
+        w, direction, record = s1.end_to_end_step(batch, x, outcome.w, clean, state,
+                                                 momentum=state["momentum"][:n])
         momentum = state["momentum"].clone()
-        momentum[:n] = direction.detach()
-        losses = losses.detach()
-        ema, new_weights = update_model_weights(state["ema"], losses, icfg.ema, icfg.temperature)
-        record = {"e2e/loss": total.detach()}
-        for i, v in enumerate(s1.victims):
-            record[f"e2e/loss/{v.name}"] = losses[i]
-            record[f"weight/{v.name}"] = weights[i]
-        records.append(record)
-        state.update(w=w.detach().mean(0, keepdim=True), momentum=momentum, ema=ema, weights=new_weights)
-        return records
+        momentum[:n] = direction
+        state.update(w=w.mean(0, keepdim=True), momentum=momentum)
+        return [*records, record]
 
 
 def _select_detectors(detectors: dict[str, Detector], config: PoisoningConfig) -> dict[str, Detector]:

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class AttackSettings:
+    """Settings every victim-attacking method shares: which edit targets, seed, and how it runs on the device
+    (``"auto"`` = CUDA when available; bf16 autocast, channels_last and ``torch.compile`` apply on CUDA)."""
+
+    targets: Literal["train", "all"] = "all"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.targets not in ("train", "all"):
+            raise ValueError(f"{type(self).__name__}.targets: expected 'train' or 'all', got {self.targets!r}")
 
 
 class VictimLike(Protocol):
