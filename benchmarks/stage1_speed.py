@@ -2,7 +2,8 @@
 
 Usage (torch alone, no kedro)::
 
-    python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--batches 6]
+    python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--no-graphs] [--batches 6]
+    python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -10,12 +11,15 @@ defaults), 256 px, batch 8. ``demo``: the same four architectures, small, at 64 
 One batch = 3 feature-ensemble steps + 1 end-to-end step. Reported: images·steps/s in steady state (clean passes
 cached after a warm-up batch), peak memory, and the ratio to a plain fp32 eager step that recomputes the clean
 passes in every step, applies DI with interpolate/pad and reads the per-victim losses with ``.item()`` (like the
-release's ``train.py``).
+release's ``train.py``). ``--full-epochs E`` also times a whole ``run_interruption`` (128 images = 16 batches
+of 8 at paper scale, E epochs) from the call to the returned result: clean passes, graph capture or compilation
+included.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import resource
 import time
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 
 from tsdf_pipeline.defense.feature_contrast import enhance_feature_contrast
 from tsdf_pipeline.defense.input_diversity import diversity_range, diversity_reference
-from tsdf_pipeline.defense.interruption import InterruptionConfig, _Stage1
+from tsdf_pipeline.defense.interruption import InterruptionConfig, _Stage1, run_interruption
 from tsdf_pipeline.defense.victim_ops import prepare_victims
 from tsdf_pipeline.models import build_generator
 from tsdf_pipeline.models.victims import make_victim
@@ -118,6 +122,27 @@ def _peak(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
+def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device) -> None:
+    """Time ``run_interruption`` over 16 batches x ``epochs`` (fresh stage: clean passes and capture included)."""
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(16 * batch, 3, size, size, generator=gen) * 2 - 1
+    attrs = torch.randint(0, 2, (16 * batch, 40), generator=gen).float()
+    epoch_ends: dict[int, float] = {}
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        epoch_ends.setdefault(int(metrics["epoch"]), time.perf_counter())
+
+    _sync(device)
+    t0 = time.perf_counter()
+    result = run_interruption(victims, images, attrs, dataclasses.replace(cfg, epochs=epochs), callback=on_step)
+    _sync(device)
+    total = time.perf_counter() - t0
+    later = [epoch_ends[e + 1] - epoch_ends[e] for e in range(1, epochs - 1) if e + 1 in epoch_ends]
+    steady = f"{sum(later) / len(later):.3f} s/epoch after the first" if later else "n/a"
+    print(f"full run     : {epochs} epochs x 16 batches in {total:.1f} s (everything included); {steady}; "
+          f"|w|max {result.w.abs().max():.4f}; peak {_peak(device)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=("paper", "demo"), default="demo")
@@ -125,6 +150,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="timed batches (after one warm-up batch)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
+    parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
@@ -140,9 +167,11 @@ def main() -> None:
     x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
     attrs = torch.randint(0, 2, (batch, 40), generator=gen).float().to(device)
     cfg = InterruptionConfig(batch_size=batch, device=str(device), amp=not args.no_amp, compile=args.compile,
-                             progress=False)
+                             cuda_graphs=not args.no_graphs, progress=False)
     steps = cfg.inner_steps + 1
-    print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile}")
+    print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
+          f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
+          + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
     stage = _Stage1(prepared, cfg, device, size, n_batches=1)
@@ -166,6 +195,8 @@ def main() -> None:
     print(f"project loop : warm-up {warm:.2f} s, {ours / args.batches:.3f} s/batch, {rate:.1f} images·steps/s, "
           f"peak {_peak(device)}; paper epoch (16 batches) ≈ {16 * ours / args.batches:.2f} s")
     assert state["w"].abs().max() <= cfg.epsilon + 1e-6
+    if args.full_epochs:
+        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device)
     if args.skip_plain:
         return
 

@@ -138,8 +138,8 @@ def test_feature_step_loss_matches_hand_computation():
     stage.start_epoch(0)
     clean = stage.clean_pass(0, x, attrs.float())
     w = torch.full((1, 3, SIZE, SIZE), 0.03)
-    draw = interruption.DiversityDraw(stage.plan.diversity.index[0, 0], stage.plan.diversity.valid[0, 0])
-    parts = stage.feature_loss(x, w, clean, draw, [1, 0])
+    draws = stage.tables(0)
+    parts = stage.feature_loss(x, w, clean, interruption.DiversityDraw(draws.index[0], draws.valid[0]))
 
     def ensemble(inp):
         maps = [F.interpolate(v.feature(inp, v.targets(attrs, "train"))[0], size=(32, 32), mode="bilinear",
@@ -149,6 +149,28 @@ def test_feature_step_loss_matches_hand_computation():
     c_map, a_map = ensemble(x), ensemble(x + w)
     expected = -F.mse_loss(a_map, c_map) + 0.001 * F.mse_loss(enhance_feature_contrast(c_map, a_map), a_map)
     assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _plan(shuffle: bool) -> interruption.DiversityDraw:
+    config = cfg(shuffle_victims=shuffle, di_prob=1.0)
+    stage = interruption._Stage1(
+        interruption.prepare_victims(standins(), torch.device("cpu"), channels_last=False, compile=False),
+        config, torch.device("cpu"), SIZE, 3)
+    stage.start_epoch(0)
+    return stage.plan
+
+
+def test_victim_shuffle_permutes_each_steps_draws_among_the_victims():
+    """The release's per-step victim shuffle = which victim gets which of the step's draws."""
+    plain, shuffled = _plan(False), _plan(True)
+    assert plain.index.shape == (3, 4, 2, 2, SIZE)
+    moved = 0
+    for b in range(3):
+        for k in range(4):
+            rows = {tuple(r.flatten().tolist()) for r in plain.index[b, k]}
+            assert {tuple(r.flatten().tolist()) for r in shuffled.index[b, k]} == rows
+            moved += int(not torch.equal(plain.index[b, k], shuffled.index[b, k]))
+    assert 0 < moved < 12
 
 
 def test_every_step_stays_in_the_epsilon_ball(monkeypatch):

@@ -2,7 +2,7 @@
 
 Per batch of the fixed training subset (TSDF_METHOD.md §1.3, the release's ``train.py`` with ``do_poison=False``):
 
-1. ``inner_steps`` feature-ensemble steps. For every victim ``m`` (in a shuffled order) the middle feature of
+1. ``inner_steps`` feature-ensemble steps. For every victim ``m`` the middle feature of
    ``DI(x + w)`` is resized to ``feature_size``², summed over channels and over victims into ``A [B,s,s]``
    (``C`` likewise from the clean ``x``). ``L = -MSE(A, C) + enh_weight · MSE(enhance(C, A), A)``; then
    ``w <- clip(w - α·sign(g / mean|g|), ±ε)`` with ``g = ∂L/∂w`` (no momentum).
@@ -19,13 +19,17 @@ Differences from the release, none of which changes the update:
 * EMA and weights stay on the device (the release calls ``.item()`` per victim per step); losses and weights
   reach the host once per epoch (or per checkpoint) through the loop's history.
 * Input diversity is one gather with pre-drawn index tables (see ``input_diversity``); each victim call gets
-  its own draw, as in the release. Victim order is shuffled per step like the release does; it only decides
-  which victim receives which DI draw and the summation order, so it does not change the expected update
-  (``shuffle_victims=False`` gives a fixed order).
+  its own draw, as in the release. The release shuffles the victim order per step; that only decides which
+  victim receives which of the step's i.i.d. draws (and the floating-point summation order), so here the draws
+  are shuffled among the victims and the victims run in a fixed order (``shuffle_victims=False``: victim ``m``
+  gets draw ``m``).
+* On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
+  that size: the same kernels without the host's launch overhead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.feature_contrast import (
     enhance_feature_contrast,
     resize_feature,
@@ -59,7 +64,8 @@ from tsdf_pipeline.devices import resolve_device
 
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.
-RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "checkpoint_every", "progress", "cache_clean")
+RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "checkpoint_every", "progress",
+                  "cache_clean")
 
 
 @dataclass
@@ -87,6 +93,7 @@ class InterruptionConfig(AttackSettings):
     targets: Literal["train", "all"] = "train"   # the paper's training edits (AttackSettings: "all")
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
+    cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -136,16 +143,14 @@ class _CleanPass:
     feature_map: Tensor        # [N,s,s] fp32, channel- and victim-summed
 
 
-@dataclass
-class _EpochPlan:
-    """Random draws of one epoch: DI tables ``[n_batches, inner+1, M, 2, S]`` and victim orders."""
-
-    diversity: DiversityDraw
-    orders: list[list[list[int]]]
-
-
 class _Stage1:
-    """One stage-1 run: prepared victims, clean cache, epoch plan and the per-batch step."""
+    """One stage-1 run: prepared victims, clean cache, the epoch's DI plan and the per-batch step.
+
+    The DI plan of an epoch is ``[n_batches, inner+1, M, 2, S]``, indexed by victim: the release's per-step
+    victim shuffle only decides which victim receives which of the step's i.i.d. draws, so it is applied to
+    the draws (``shuffle_victims``) and the victims always run in index order. That keeps the batch step one
+    fixed sequence of operations, which on CUDA is captured once and replayed as a graph (``cuda_graphs``).
+    """
 
     def __init__(self, victims: list[PreparedVictim], config: InterruptionConfig, device: torch.device,
                  size: int, n_batches: int) -> None:
@@ -155,7 +160,10 @@ class _Stage1:
         self.n_batches = n_batches
         self.range = diversity_range(size, config.di_low, config.di_high, config.di_pad)
         self.cache: dict[int, _CleanPass] = {}
-        self.plan: _EpochPlan | None = None
+        self.plan: DiversityDraw | None = None
+        self._graph_targets: list[Any] | None = None
+        self.graphed = (GraphedFunction(self._graph_step)
+                        if config.cuda_graphs and device.type == "cuda" else None)
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.config
@@ -164,10 +172,20 @@ class _Stage1:
         gen = make_generator(cfg.seed, "tsdf-stage1-plan", epoch)
         draw = sample_diversity(self.n_batches * steps * m, self.range, cfg.di_prob, gen)
         shape = (self.n_batches, steps, m, 2, self.range.size)
-        draw = DiversityDraw(draw.index.view(shape), draw.valid.view(shape)).to(self.device)
-        orders = [[(torch.randperm(m, generator=gen).tolist() if cfg.shuffle_victims else list(range(m)))
-                   for _ in range(steps)] for _ in range(self.n_batches)]
-        self.plan = _EpochPlan(draw, orders)
+        index, valid = draw.index.view(shape), draw.valid.view(shape)
+        if cfg.shuffle_victims:
+            # Victim order[slot] gets the slot-th draw of the step, as in the release's shuffled loop.
+            for b in range(self.n_batches):
+                for k in range(steps):
+                    order = torch.randperm(m, generator=gen)
+                    index[b, k, order] = index[b, k].clone()
+                    valid[b, k, order] = valid[b, k].clone()
+        self.plan = DiversityDraw(index, valid).to(self.device)
+
+    def tables(self, batch: int) -> DiversityDraw:
+        """The batch's DI draws ``[inner+1, M, 2, S]`` (step, victim)."""
+        assert self.plan is not None, "start_epoch() first"
+        return DiversityDraw(self.plan.index[batch], self.plan.valid[batch])
 
     @torch.no_grad()
     def clean_pass(self, batch: int, x: Tensor, attrs40: Tensor) -> _CleanPass:
@@ -190,16 +208,14 @@ class _Stage1:
         self.cache[batch] = entry
         return entry
 
-    def feature_loss(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
-                     order: list[int]) -> dict[str, Tensor]:
-        """Loss of one feature-ensemble step (``loss`` is minimised)."""
+    def feature_loss(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw) -> dict[str, Tensor]:
+        """Loss of one feature-ensemble step (``loss`` is minimised); ``draw``: ``[M,2,S]`` per victim."""
         cfg = self.config
         x_adv = x + w
         adv_map = None
         with autocast(self.device, cfg.amp):
-            for slot, m in enumerate(order):
-                v = self.victims[m]
-                x_di = apply_diversity(x_adv, draw.index[slot], draw.valid[slot])
+            for m, v in enumerate(self.victims):
+                x_di = apply_diversity(x_adv, draw.index[m], draw.valid[m])
                 part = summed_feature_map(v.feature(x_di, clean.targets[m]), cfg.feature_size)
                 adv_map = part if adv_map is None else adv_map + part
         mse = F.mse_loss(adv_map, clean.feature_map)
@@ -207,70 +223,89 @@ class _Stage1:
         enh_mse = F.mse_loss(enhanced, adv_map)
         return {"loss": -mse + cfg.enh_weight * enh_mse, "mse": mse, "enh_mse": enh_mse}
 
-    def end_to_end_losses(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
-                          order: list[int]) -> Tensor:
-        """Per-victim ``L_m`` ``[M]`` (victim index order; higher = less disrupted)."""
+    def end_to_end_losses(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw) -> Tensor:
+        """Per-victim ``L_m`` ``[M]`` (higher = less disrupted); ``draw``: ``[M,2,S]`` per victim."""
         cfg = self.config
         x_adv = x + w
-        losses: list[Tensor | None] = [None] * len(self.victims)
+        losses = []
         with autocast(self.device, cfg.amp):
-            for slot, m in enumerate(order):
-                v = self.victims[m]
-                x_di = apply_diversity(x_adv, draw.index[slot], draw.valid[slot])
+            for m, v in enumerate(self.victims):
+                x_di = apply_diversity(x_adv, draw.index[m], draw.valid[m])
                 out, feat = v.edit_with_feature(x_di, clean.targets[m])
                 out_mse = F.mse_loss(out.float(), clean.outputs[m].float())
                 feat_mse = F.mse_loss(resize_feature(feat, cfg.feature_size).float(), clean.features[m].float())
-                losses[m] = -(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse)
+                losses.append(-(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse))
         return torch.stack(losses)
 
-    def feature_steps(self, batch: int, x: Tensor, w: Tensor, clean: _CleanPass
+    def feature_steps(self, x: Tensor, w: Tensor, clean: _CleanPass, draws: DiversityDraw
                       ) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        """The ``inner_steps`` feature-ensemble sign steps of one batch (no momentum); returns ``(w, records)``."""
+        """The ``inner_steps`` feature-ensemble sign steps of one batch (no momentum); ``draws`` is
+        :meth:`tables`' ``[inner+1, M, 2, S]``. Returns ``(w, records)``."""
         cfg = self.config
-        assert self.plan is not None
-        index, valid = self.plan.diversity.index[batch], self.plan.diversity.valid[batch]
         records: list[dict[str, Tensor]] = []
         for k in range(cfg.inner_steps):
             w_var = w.detach().requires_grad_(True)
-            parts = self.feature_loss(x, w_var, clean, DiversityDraw(index[k], valid[k]), self.plan.orders[batch][k])
+            parts = self.feature_loss(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]))
             (grad,) = torch.autograd.grad(parts["loss"], w_var)
             w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
             records.append({f"feature/{key}": val.detach() for key, val in parts.items()})
         return w, records
 
-    def end_to_end_step(self, batch: int, x: Tensor, w: Tensor, clean: _CleanPass, state: dict[str, Tensor], *,
-                        momentum: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The end-to-end step with momentum and the EMA-softmax victim weights (updated in ``state``).
+    def end_to_end_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draws: DiversityDraw, *,
+                        momentum: Tensor, ema: Tensor, weights: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The end-to-end step with momentum and the EMA-softmax victim weights ``[M]``.
 
-        Returns ``(w, new momentum, record)``; ``momentum`` matches ``w``'s batch dimension.
+        Returns ``(w, new momentum, new ema, new weights, record)``; ``momentum`` matches ``w``'s batch dimension.
         """
         cfg = self.config
-        assert self.plan is not None
         k = cfg.inner_steps
-        draw = DiversityDraw(self.plan.diversity.index[batch][k], self.plan.diversity.valid[batch][k])
-        weights = state["weights"]
         w_var = w.detach().requires_grad_(True)
-        losses = self.end_to_end_losses(x, w_var, clean, draw, self.plan.orders[batch][k])
+        losses = self.end_to_end_losses(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]))
         total = (weights * losses).sum()
         (grad,) = torch.autograd.grad(total, w_var)
         direction = momentum_direction(grad, momentum, cfg.momentum)
         w = sign_step(w, direction, cfg.step_size, cfg.epsilon)
         losses = losses.detach()
-        ema, new_weights = update_model_weights(state["ema"], losses, cfg.ema, cfg.temperature)
+        new_ema, new_weights = update_model_weights(ema, losses, cfg.ema, cfg.temperature)
         record = {"e2e/loss": total.detach()}
         for i, v in enumerate(self.victims):
             record[f"e2e/loss/{v.name}"] = losses[i]
             record[f"weight/{v.name}"] = weights[i]
-        state.update(ema=ema, weights=new_weights)
-        return w.detach(), direction.detach(), record
+        return w.detach(), direction.detach(), new_ema, new_weights, record
+
+    def batch_step(self, x: Tensor, clean: _CleanPass, draws: DiversityDraw, state: dict[str, Tensor]
+                   ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """All steps of one batch, a pure function of its inputs. ``state``: ``w``, ``momentum``, ``ema``,
+        ``weights``; returns the new state and the step records."""
+        w, records = self.feature_steps(x, state["w"], clean, draws)
+        w, momentum, ema, weights, record = self.end_to_end_step(
+            x, w, clean, draws, momentum=state["momentum"], ema=state["ema"], weights=state["weights"])
+        return {"w": w, "momentum": momentum, "ema": ema, "weights": weights}, [*records, record]
+
+    def _graph_step(self, x: Tensor, clean: dict[str, Any], draws: tuple[Tensor, Tensor], state: dict[str, Tensor]
+                    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """:meth:`batch_step` over tensors only (what :class:`GraphedFunction` captures)."""
+        assert self._graph_targets is not None
+        targets = [dataclasses.replace(t, cond=c) for t, c in zip(self._graph_targets, clean["conds"], strict=True)]
+        entry = _CleanPass(targets, clean["outputs"], clean["features"], clean["feature_map"])
+        return self.batch_step(x, entry, DiversityDraw(*draws), state)
 
     def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
              state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         clean = self.clean_pass(batch, x, attrs40)
-        w, records = self.feature_steps(batch, x, state["w"], clean)
-        w, momentum, record = self.end_to_end_step(batch, x, w, clean, state, momentum=state["momentum"])
-        state.update(w=w, momentum=momentum)
-        return [*records, record]
+        draws = self.tables(batch)
+        current = {k: state[k] for k in ("w", "momentum", "ema", "weights")}
+        if self.graphed is None:
+            new, records = self.batch_step(x, clean, draws, current)
+        else:
+            # Target names are fixed per victim; only the condition tensors travel through the graph.
+            self._graph_targets = clean.targets
+            tensors = {"conds": [t.cond for t in clean.targets], "outputs": clean.outputs,
+                       "features": clean.features, "feature_map": clean.feature_map}
+            new, records = self.graphed(x, tensors, (draws.index, draws.valid), current)
+        state.update(new)
+        return records
 
 
 def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: InterruptionConfig,

@@ -35,7 +35,7 @@ Not reproduced: the release replaces a non-finite gradient by random noise (a ho
 non-finite gradient is left to show in the losses instead). Momentum: with per-image ``δ`` the end-to-end
 step's momentum is per image as in the release, kept per batch slot ``[batch_size,3,H,W]`` across batches.
 
-All random draws of stage 2 (the stage-1 DI plan and victim orders included) come from
+All random draws of stage 2 (the stage-1 DI plan and its victim shuffle included) come from
 ``PoisoningConfig.seed``; the embedded ``InterruptionConfig``'s ``seed``, ``epochs`` and ``device`` are not
 used. Best-step bookkeeping stays on the device; the history reaches the host at the loop's sync points.
 """
@@ -368,7 +368,8 @@ class _Stage2:
              state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         s1 = self.stage1
         clean = s1.clean_pass(batch, x, attrs40)
-        w, records = s1.feature_steps(batch, x, state["w"], clean)
+        draws = s1.tables(batch)
+        w, records = s1.feature_steps(x, state["w"], clean, draws)
 
         generator = make_generator(self.config.seed, "tsdf-stage2-poison", epoch, batch, device=x.device)
         outcome = self.poisoner.poison(x, w, generator)
@@ -376,11 +377,11 @@ class _Stage2:
 
         # w is per sample now ([B,3,H,W]); the momentum buffer keeps one slot per batch position, as the release.
         n = outcome.w.shape[0]
-        w, direction, record = s1.end_to_end_step(batch, x, outcome.w, clean, state,
-                                                 momentum=state["momentum"][:n])
+        w, direction, ema, weights, record = s1.end_to_end_step(
+            x, outcome.w, clean, draws, momentum=state["momentum"][:n], ema=state["ema"], weights=state["weights"])
         momentum = state["momentum"].clone()
         momentum[:n] = direction
-        state.update(w=w.mean(0, keepdim=True), momentum=momentum)
+        state.update(w=w.mean(0, keepdim=True), momentum=momentum, ema=ema, weights=weights)
         return [*records, record]
 
 
@@ -429,7 +430,8 @@ def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], ima
                          "pass the stage-1 result for the same interruption.epsilon")
     selected = _select_detectors(detectors, config)
     device = resolve_device(config.device)
-    stage1_config = dataclasses.replace(icfg, epochs=config.epochs, device=str(device),
+    # Stage 2 calls stage 1's steps around the poisoning step, which is not graph-captured.
+    stage1_config = dataclasses.replace(icfg, epochs=config.epochs, device=str(device), cuda_graphs=False,
                                         seed=derive_seed(config.seed, "tsdf-stage2-plan"))
     prepared = prepare_victims(victims, device, channels_last=icfg.channels_last, compile=icfg.compile)
     for det in selected.values():

@@ -49,9 +49,12 @@ class VictimLike(Protocol):
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp``; a no-op on the CPU (fp32 there, for determinism and speed)."""
+    """bf16 autocast on CUDA when ``amp``; a no-op on the CPU (fp32 there, for determinism and speed).
+
+    The cast-weight cache is off: each region uses a weight once, and cached casts must not outlive a CUDA
+    graph capture."""
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
