@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
     parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")
+    parser.add_argument("--profile", type=int, default=0, help="print the N kernels taking most device time")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
@@ -195,6 +196,15 @@ def main() -> None:
     print(f"project loop : warm-up {warm:.2f} s, {ours / args.batches:.3f} s/batch, {rate:.1f} images·steps/s, "
           f"peak {_peak(device)}; paper epoch (16 batches) ≈ {16 * ours / args.batches:.2f} s")
     assert state["w"].abs().max() <= cfg.epsilon + 1e-6
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            stage.step(0, 0, x, attrs, state)
+            _sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile, max_name_column_width=70))
     if args.full_epochs:
         full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device)
     if args.skip_plain:

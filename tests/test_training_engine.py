@@ -117,7 +117,9 @@ def _png(path: Path) -> np.ndarray:
 
 
 def test_fine_tuning_starts_from_the_loaded_generator_and_discriminator(tmp_path: Path) -> None:
-    ds = tiny_dataset(n=4)  # one batch = the whole set, so batch means do not depend on the draw order
+    base = tiny_dataset(n=4)  # one batch = the whole set, so batch means do not depend on the draw order
+    # Mirror-symmetric images: StarGAN's random horizontal flip (upstream data_loader) leaves the batch unchanged.
+    ds = TensorFaceDataset((base.images + base.images.flip(3)) / 2, base.attrs40)
     pre = train_gan("stargan", ds, tiny_config("stargan", num_iters=5, n_critic=1, seed=1), tmp_path / "pre")
     cfg = tiny_config("stargan", num_iters=1, sample_every=1)  # step 1 updates D only (n_critic 5)
     logged: list[dict[str, float]] = []

@@ -12,9 +12,10 @@ from tests.test_training_engine import tiny_config, tiny_dataset
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
 from tsdf_pipeline.training import HiSDConfig, make_config, train_gan
 from tsdf_pipeline.training.attgan import scale_target
+from tsdf_pipeline.training.dataset import BatchSampler, random_horizontal_flip
 from tsdf_pipeline.training.hisd import HiSDTrainer, r1_penalty, tag_pools, update_average
 from tsdf_pipeline.training.losses import gradient_penalty
-from tsdf_pipeline.training.stargan import classification_loss, linear_decay_lr
+from tsdf_pipeline.training.stargan import StarGANTrainer, classification_loss, linear_decay_lr
 
 EXPECTED_TERMS = {
     "stargan": {"D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "G/loss_fake", "G/loss_rec", "G/loss_cls"},
@@ -55,6 +56,43 @@ def test_stargan_linear_decay_matches_the_upstream_update_loop() -> None:
     assert got == pytest.approx(expected, abs=1e-12)
     # Three drops (after iterations 35, 40, 45) of base/num_iters_decay each: upstream's quirk.
     assert got[35] == base and got[36] < base and got[50] == pytest.approx(base * (1 - 3 / decay))
+
+
+def test_random_horizontal_flip_mirrors_each_image_with_probability_half() -> None:
+    x = torch.randn(2000, 3, 2, 5)
+    torch.manual_seed(0)
+    y = random_horizontal_flip(x)
+    same = (y == x).flatten(1).all(1)
+    mirrored = (y == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 0.45 < mirrored.float().mean().item() < 0.55
+    torch.manual_seed(0)
+    assert torch.equal(random_horizontal_flip(x), y)  # drawn from the global (checkpointed) torch RNG
+
+
+@pytest.mark.parametrize("arch", ["stargan", "attentiongan"])
+def test_stargan_family_trains_on_randomly_mirrored_images(arch: str) -> None:
+    """Upstream data_loader.get_loader (both repos) uses T.RandomHorizontalFlip() in train mode."""
+    from tsdf_pipeline.training import TRAINERS
+
+    ds = tiny_dataset(n=4)
+    trainer: StarGANTrainer = TRAINERS[arch](tiny_config(arch), ds, torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    trainer.discriminator.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    sampler = BatchSampler({"all": torch.arange(4)}, batch_size=4, seed=0)
+    served: list[torch.Tensor] = []
+    draw_rows = sampler.next
+    sampler.next = lambda pool: served.append(draw_rows(pool)) or served[-1]  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    n_mirrored = 0
+    for step in range(1, 6):
+        seen.clear()
+        trainer.train_step(step, sampler)
+        x_real, originals = seen[0], ds.images[served[-1]]  # D's first input is the real batch
+        mirrored = (x_real == originals.flip(3)).flatten(1).all(1)
+        assert bool(((x_real == originals).flatten(1).all(1) | mirrored).all())
+        n_mirrored += int(mirrored.sum())
+    assert 0 < n_mirrored < 20
 
 
 def test_attgan_lr_drops_tenfold_every_lr_decay_epochs() -> None:

@@ -1,7 +1,8 @@
 """AttentionGAN-v1-multi trainer (Ha0Tang/AttentionGAN ``AttentionGAN-v1-multi/solver.py``).
 
 Upstream trains with exactly the StarGAN objective and schedule on the generator's ``result`` output
-(attention-blended image); there is no attention-mask regulariser in the multi-domain solver. Its
+(attention-blended image), including the random horizontal flip of its ``data_loader.py`` and the float32
+gradient penalty; there is no attention-mask regulariser in the multi-domain solver. Its
 discriminator is the StarGAN PatchGAN discriminator (same layers and state-dict names).
 """
 

@@ -49,6 +49,17 @@ class TensorFaceDataset:
         return self.images.index_select(0, indices), self.attrs40.index_select(0, indices)
 
 
+def random_horizontal_flip(images: Tensor, p: float = 0.5) -> Tensor:
+    """Mirror each image of ``[N,C,H,W]`` left-right with probability ``p`` (torchvision ``RandomHorizontalFlip``
+    applied per sample, as in the StarGAN / AttentionGAN training loaders).
+
+    The ``N`` coin flips come from the global (CPU) torch RNG, so they are part of a trainer's reproducible,
+    checkpointed RNG stream and identical on CPU and CUDA.
+    """
+    flip = (torch.rand(images.shape[0]) < p).to(images.device)
+    return torch.where(flip.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
+
+
 class BatchSampler:
     """Seeded draws of index batches from named pools, reshuffled every pass and resumable exactly.
 

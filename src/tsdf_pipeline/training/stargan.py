@@ -1,9 +1,11 @@
 """StarGAN trainer (yunjey/stargan ``Solver.train``, CelebA): WGAN-GP + domain classification + cycle loss.
 
-Per iteration: one D step; every ``n_critic``-th iteration also one G step. Targets are the batch's own
-labels in a random order (``randperm``). Classification loss: BCE with logits summed over attributes and
-averaged over the batch. Learning rates step down during the last ``num_iters_decay`` iterations
-(see ``StarGANConfig``).
+Per iteration: one D step; every ``n_critic``-th iteration also one G step. Each training image is mirrored
+left-right with probability 1/2 (upstream ``data_loader.get_loader``: ``T.RandomHorizontalFlip()`` in train
+mode). Targets are the batch's own labels in a random order (``randperm``). Classification loss: BCE with
+logits summed over attributes and averaged over the batch. The gradient penalty is computed in float32 (as
+upstream, which has no mixed precision) even when the rest of the step runs under bf16 autocast on CUDA.
+Learning rates step down during the last ``num_iters_decay`` iterations (see ``StarGANConfig``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tsdf_pipeline.models import build_discriminator, build_generator
 from tsdf_pipeline.models.targets import stargan_targets
 from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_grad
 from tsdf_pipeline.training.config import StarGANConfig
-from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
+from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset, random_horizontal_flip
 from tsdf_pipeline.training.losses import gradient_penalty
 
 
@@ -80,6 +82,9 @@ class StarGANTrainer(ArchTrainer):
         c = self.config
         G, D = self.generator, self.discriminator
         x_real, attrs40 = self.draw(sampler)
+        # yunjey/stargan data_loader.py L75-76 (same in AttentionGAN-v1-multi): RandomHorizontalFlip in training,
+        # applied by the loader, i.e. before the target labels are drawn (solver.py L223).
+        x_real = self.to_input(random_horizontal_flip(x_real))
         label_org = attrs40[:, self.label_columns.to(attrs40.device)]
         label_trg = label_org[torch.randperm(label_org.shape[0]).to(label_org.device)]
         G.train()
@@ -95,7 +100,9 @@ class StarGANTrainer(ArchTrainer):
                 x_fake = self.generate(x_real, label_trg)
             out_src, _ = D(x_fake)
             d_loss_fake = out_src.float().mean()
-            d_loss_gp = gradient_penalty(lambda x: D(x)[0], x_real, x_fake)
+            # solver.py L254-257 / L128-140 run in float32; bf16 double backward would make the penalty noisy.
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                d_loss_gp = gradient_penalty(lambda x: D(x)[0], x_real.float(), x_fake.float())
             d_loss = d_loss_real + d_loss_fake + c.lambda_cls * d_loss_cls + c.lambda_gp * d_loss_gp
         self.optimizers["D"].zero_grad(set_to_none=True)
         d_loss.backward()
