@@ -25,6 +25,9 @@ from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_gra
 from tsdf_pipeline.training.config import HiSDConfig
 from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
 
+# Datasets up to this size are kept on the training device (demo / attacker sets at 64-128 px).
+_DEVICE_DATASET_MAX_BYTES = 2 << 30
+
 
 def tag_pools(attrs40: Tensor, tag_rules: dict[str, dict[str, dict[str, int]]]) -> dict[tuple[int, int], Tensor]:
     """Dataset rows per ``(tag index, attribute index)``: rows whose ``attrs40 [N,40]`` columns match the rule.
@@ -67,10 +70,12 @@ def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def update_average(target: nn.Module, source: nn.Module, beta: float) -> None:
-    """EMA of parameters: ``target = beta*target + (1-beta)*source`` (buffers are not averaged)."""
+    """EMA of parameters: ``target = beta*target + (1-beta)*source`` (upstream ``core/trainer.py``
+    ``update_average``; buffers are not averaged). One fused ``lerp`` over all parameters instead of a
+    python loop of two kernels per parameter."""
     src = dict(source.named_parameters())
-    for name, p in target.named_parameters():
-        p.mul_(beta).add_(src[name], alpha=1 - beta)
+    tgt = [p for _, p in target.named_parameters()]
+    torch._foreach_lerp_(tgt, [src[name] for name, _ in target.named_parameters()], 1.0 - beta)
 
 
 class HiSDTrainer(ArchTrainer):
@@ -82,6 +87,10 @@ class HiSDTrainer(ArchTrainer):
 
     def __init__(self, config: HiSDConfig, dataset: TensorFaceDataset, device: torch.device) -> None:
         super().__init__(config, dataset, device)
+        # fp32 like upstream: the R1 penalty's double backward and HiSD's std-based instance norms are
+        # fragile in bf16, and the small demo models are launch-bound, so autocast buys nothing.
+        self.use_amp = False
+        self.fuse_batches = device.type == "cuda"
         self.pools = tag_pools(dataset.attrs40, config.tag_rules)
         self.condition_columns = self.columns(config.condition_attrs)
         self.generator = build_generator(self.arch, **self.generator_config())
@@ -94,11 +103,16 @@ class HiSDTrainer(ArchTrainer):
                 [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
                  {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
                  {"params": G.mappers.parameters(), "lr": config.lr_gen_mappers}],
-                lr=config.lr_gen_others, betas=betas, weight_decay=config.weight_decay),
+                lr=config.lr_gen_others, betas=betas, weight_decay=config.weight_decay, foreach=True),
             "D": torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_dis, betas=betas,
-                                  weight_decay=config.weight_decay),
+                                  weight_decay=config.weight_decay, foreach=True),
         }
         self.noise_dim = int(self.generator_config()["noise_dim"])
+        self._num_attributes = [len(a) for a in config.tag_rules.values()]
+        self._pool_names = [[pool_name(config.tag_rules, t, a) for a in range(n)]
+                            for t, n in enumerate(self._num_attributes)]
+        self._device_images: Tensor | None = None
+        self._device_conditions: Tensor | None = None
 
     def _tags(self, with_conditions: bool) -> list[dict[str, Any]]:
         tags = []
@@ -142,56 +156,90 @@ class HiSDTrainer(ArchTrainer):
     def set_step_lr(self, step: int) -> None:
         """Constant learning rates (upstream has no schedule)."""
 
+    def _draw_on_device(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """``(images, conditions)`` of dataset ``rows``, gathered from a device-resident copy of the dataset
+        (one index kernel per batch instead of a host gather plus a host-to-device copy every step)."""
+        if self.dataset.images.nbytes > _DEVICE_DATASET_MAX_BYTES:  # large sets: host gather + copy per batch
+            images, attrs40 = self.draw_rows(rows)
+            return images, attrs40[:, self.condition_columns.to(attrs40.device)] * 2 - 1
+        if self._device_images is None:
+            self._device_images = self.to_input(self.dataset.images)
+            cond = self.dataset.attrs40[:, self.condition_columns] * 2 - 1  # tag-irrelevant conditions as ±1
+            self._device_conditions = cond.to(self.device)
+        assert self._device_conditions is not None
+        rows = rows.to(self.device, non_blocking=True)
+        return self._device_images.index_select(0, rows), self._device_conditions.index_select(0, rows)
+
+    def draw_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        images, attrs40 = self.dataset.batch(rows)
+        return self.to_input(images), self.to_input(attrs40)
+
+    def _batched(self, fn: Any, *args: tuple[Tensor, ...]) -> list[Tensor]:
+        """``[fn(*a) for a in args]``. The decoder, translators and D treat every sample on its own (instance
+        norms only), so on CUDA the calls run as one concatenated batch: same values, a third of the kernel
+        launches (the small demo models are launch-bound). On CPU separate calls are faster."""
+        if not self.fuse_batches:
+            return [fn(*a) for a in args]
+        return list(fn(*(torch.cat(t) for t in zip(*args, strict=True))).split(args[0][0].shape[0]))
+
     def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
         c = self.config
         G, D = self.generator, self.discriminator
-        i = int(torch.randint(len(c.tag_rules), (1,)))
-        j, j_trg = (int(v) for v in torch.randperm(len(list(c.tag_rules.values())[i]))[:2])
-        x, attrs40 = self.draw(sampler, pool_name(c.tag_rules, i, j))
-        y = attrs40[:, self.condition_columns.to(attrs40.device)] * 2 - 1
+        # Tag / attribute choice on the host (upstream core/train.py: random.sample), no device sync.
+        n_attrs = self._num_attributes
+        i = int(torch.randint(len(n_attrs), (1,)))
+        j, j_trg = torch.randperm(n_attrs[i])[:2].tolist()
+        x, y = self._draw_on_device(sampler.next(self._pool_names[i][j]))
+        b = x.shape[0]
+        # Upstream data augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image.
+        # (ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced.)
+        flip = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(flip, x.flip(3), x)
         G.train()
         D.train()
 
-        # Generator step.
+        # Generator step (upstream HiSD.gen_losses); independent paths go through _batched.
         set_requires_grad(D, False)
         set_requires_grad(G, True)
         with self.autocast():
             e = G.encode(x)
-            x_rec = G.decode(e)
             s = G.extract(x, i)
-            x_slf = G.decode(G.translate(e, s, i))
-            s_trg = G.map(torch.randn(x.shape[0], self.noise_dim, device=x.device), i, j_trg)
-            x_trg = G.decode(G.translate(e, s_trg, i))
+            s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
+            e_slf, e_trg = self._batched(lambda e_, s_: G.translate(e_, s_, i), (e, s), (e, s_trg))
+            x_rec, x_slf, x_trg = self._batched(G.decode, (e,), (e_slf,), (e_trg,))
             s_trg_rec = G.extract(x_trg, i)
             x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
-            out_real = D(x, s, y, i)[:, :, j].float()
-            out_trg = D(x_trg, s_trg.detach(), y, i)[:, 0, j_trg].float()
-            out_cyc = D(x_cyc, s.detach(), y, i)[:, 1, j].float()
-            g_adv = out_real[:, 0].mean() + out_real[:, 1].mean() - out_trg.mean() - out_cyc.mean()
+            # calc_gen_loss_real (s not detached: ALI part), calc_gen_loss_fake_trg / _fake_cyc (styles detached).
+            out_real, out_trg, out_cyc = (o.float() for o in self._batched(
+                lambda x_, s_, y_: D(x_, s_, y_, i), (x, s, y), (x_trg, s_trg.detach(), y), (x_cyc, s.detach(), y)))
+            g_adv = (out_real[:, 0, j].mean() + out_real[:, 1, j].mean()
+                     - out_trg[:, 0, j_trg].mean() - out_cyc[:, 1, j].mean())
             g_sty = F.l1_loss(s_trg_rec.float(), s_trg.float())
             xf = x.float()
             g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
             g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
         self.optimizers["G"].zero_grad(set_to_none=True)
         g_total.backward()
-        nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip)
+        nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)  # upstream: clip 100
         self.optimizers["G"].step()
 
-        # Discriminator step on the detached generator outputs.
+        # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
         set_requires_grad(G, False)
         x_trg, x_cyc, s, s_trg = x_trg.detach(), x_cyc.detach(), s.detach(), s_trg.detach()
         with self.autocast():
             x_real = x.detach().requires_grad_(True)
-            out = D(x_real, s, y, i)[:, :, j].float()
-            d_real = (F.relu(1 - out[:, 0]).mean() + F.relu(1 - out[:, 1]).mean()
-                      + r1_penalty(out[:, 0], x_real) + r1_penalty(out[:, 1], x_real))
-            d_trg = F.relu(1 + D(x_trg, s_trg, y, i)[:, 0, j_trg].float()).mean()
-            d_cyc = F.relu(1 + D(x_cyc, s, y, i)[:, 1, j].float()).mean()
+            out_real, out_trg, out_cyc = (o.float() for o in self._batched(
+                lambda x_, s_, y_: D(x_, s_, y_, i), (x_real, s, y), (x_trg, s_trg, y), (x_cyc, s, y)))
+            out_real = out_real[:, :, j]
+            d_real = (F.relu(1 - out_real[:, 0]).mean() + F.relu(1 - out_real[:, 1]).mean()
+                      + r1_penalty(out_real[:, 0], x_real) + r1_penalty(out_real[:, 1], x_real))
+            d_trg = F.relu(1 + out_trg[:, 0, j_trg]).mean()
+            d_cyc = F.relu(1 + out_cyc[:, 1, j]).mean()
             d_adv = d_real + d_trg + d_cyc
         self.optimizers["D"].zero_grad(set_to_none=True)
         d_adv.backward()
-        nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip)
+        nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
         self.optimizers["D"].step()
         set_requires_grad(G, True)
 
