@@ -330,15 +330,17 @@ class HiSDVictim(Victim):
         styles = t.cond.to(e)
         pieces: list[Tensor] = []
         order: list[int] = []
+        # Python-int indexing only: no index tensor is copied to the device (CUDA-graph capturable).
         for tag in sorted(set(tags)):
             idx = [i for i, tg in enumerate(tags) if tg == tag]
-            s = styles[idx].reshape(len(idx) * e.shape[0], -1)
+            s = torch.cat([styles[i] for i in idx])                                    # [len(idx)*N, S]
             pieces.append(self.generator.translate(_repeat_over_targets(e, len(idx)), s, tag).reshape(
                 len(idx), *e.shape))
             order += idx
         stacked = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         if order != sorted(order):
-            stacked = stacked[torch.argsort(torch.tensor(order)).to(stacked.device)]
+            position = {target: k for k, target in enumerate(order)}
+            stacked = torch.stack([stacked[position[i]] for i in range(len(order))])
         return stacked.reshape(len(t) * e.shape[0], *e.shape[1:])
 
     def edit_with_feature(self, x: Tensor, t: EditTargets) -> tuple[Tensor, Tensor]:
