@@ -117,7 +117,11 @@ class ArchTrainer(abc.ABC):
 
     def draw(self, sampler: BatchSampler, pool: str = "all") -> tuple[Tensor, Tensor]:
         """Next batch ``(images [B,3,H,W], attrs40 [B,40])`` of ``pool`` on the device."""
-        images, attrs40 = self.dataset.batch(sampler.next(pool))
+        return self.draw_rows(sampler.next(pool))
+
+    def draw_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Dataset ``rows`` as ``(images [B,3,H,W], attrs40 [B,40])`` on the device."""
+        images, attrs40 = self.dataset.batch(rows)
         return self.to_input(images), self.to_input(attrs40)
 
     @staticmethod

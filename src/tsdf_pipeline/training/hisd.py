@@ -170,10 +170,6 @@ class HiSDTrainer(ArchTrainer):
         rows = rows.to(self.device, non_blocking=True)
         return self._device_images.index_select(0, rows), self._device_conditions.index_select(0, rows)
 
-    def draw_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        images, attrs40 = self.dataset.batch(rows)
-        return self.to_input(images), self.to_input(attrs40)
-
     def _batched(self, fn: Any, *args: tuple[Tensor, ...]) -> list[Tensor]:
         """``[fn(*a) for a in args]``. The decoder, translators and D treat every sample on its own (instance
         norms only), so on CUDA the calls run as one concatenated batch: same values, a third of the kernel
