@@ -75,7 +75,7 @@ def test_trains_every_victim_logs_to_mlflow_and_resumes_a_selected_one(tmp_path,
         assert info["steps"] == 2 and info["resumed_from"] is None and info["training_images"] == 8
         (checkpoint,) = versions(project, f"data/06_models/victim_training/{arch}/{files[arch]}")
         generator = load_generator(arch, checkpoint, **info["generator_config"])
-        trained = load_generator(arch, tmp_path / "work" / arch / "generator.pt", **info["generator_config"])
+        trained = load_generator(arch, Path(info["work_dir"]) / "generator.pt", **info["generator_config"])
         assert all(torch.equal(a, b) for a, b in zip(generator.state_dict().values(),
                                                      trained.state_dict().values(), strict=True))
         history = pd.read_csv(versions(project, f"data/08_reporting/victim_training/{arch}_history.csv")[-1])
@@ -115,3 +115,13 @@ def test_a_victim_outside_the_selection_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="sample_every must be in"):
         train_victim("stargan", training_set(), {**settings, "common": {**settings["common"], "sample_every": 5}})
     assert not (tmp_path / "work").exists()
+
+
+def test_a_changed_recipe_trains_in_a_fresh_work_dir(tmp_path):
+    settings = params(tmp_path / "work", 2, ["stargan"])["victim_training"]
+    first = train_victim("stargan", training_set(), settings)[1]
+    changed = {**settings, "stargan": {**settings["stargan"], "lambda_rec": 5.0}}
+    second = train_victim("stargan", training_set(), changed)[1]
+    assert second["resumed_from"] is None and second["work_dir"] != first["work_dir"]
+    again = train_victim("stargan", training_set(), settings)[1]
+    assert again["work_dir"] == first["work_dir"] and again["resumed_from"] == 2

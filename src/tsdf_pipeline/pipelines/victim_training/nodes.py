@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,6 +18,8 @@ from PIL import Image
 from tsdf_pipeline.models.checkpoints import read_checkpoint
 from tsdf_pipeline.models.ensemble import file_sha256
 from tsdf_pipeline.models.registry import ARCHS
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
+from tsdf_pipeline.training.config import RUNTIME_FIELDS
 from tsdf_pipeline.training.engine import SAMPLES_DIR
 from tsdf_pipeline.training.recipes import recipe_config, train_recipe
 
@@ -44,7 +45,7 @@ def train_victim(arch: str, training_set: dict[str, Any], params: dict[str, Any]
     """Train ``arch`` with its recipe (``params.common`` + ``params[arch]``) on ``training_set``.
 
     ``training_set``: ``images`` ``[N,3,S,S]`` in [-1,1], ``attrs`` ``[N,40]`` in {0,1}, ``image_ids``.
-    The run lives in ``params.work_dir/<arch>`` and resumes from it after a kill (same recipe and data).
+    The run lives in ``params.work_dir/<arch>-<job hash>`` and resumes from it after a kill (same recipe and data).
     Returns the generator checkpoint (official wrapper), a training card (steps, generator config for
     ``load_generator``/``model_loading``, provenance), the loss history (arch, step, one column per loss
     term), the last sample grid and MLflow metric histories ``<arch>.<loss term>``.
@@ -54,8 +55,12 @@ def train_victim(arch: str, training_set: dict[str, Any], params: dict[str, Any]
     if not 0 < config.sample_every <= config.num_iters:
         raise ValueError(f"victim_training.{arch}: sample_every must be in [1, num_iters={config.num_iters}] "
                          f"so the run ends with a sample grid, got {config.sample_every}")
-    work_dir = Path(params["work_dir"]) / arch
     images, attrs = training_set["images"], training_set["attrs"]
+    # One work folder per job (arch, recipe without its run-time fields, data): a killed run resumes, a longer
+    # num_iters continues, a changed recipe or data set starts fresh instead of refusing to resume.
+    recipe = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+    work_dir = job_checkpoint(params["work_dir"], arch, recipe, list(training_set["image_ids"]),
+                              tensor_digest(images), tensor_digest(attrs)).with_suffix("")
     log.info("training %s on %d images of %d px in %s", arch, images.shape[0], images.shape[-1], work_dir)
     start = time.perf_counter()
     result = train_recipe(arch, params, images, attrs, work_dir, device=params.get("device"))
