@@ -3,6 +3,7 @@
 # the CUDA tests, stage-1 speed at the paper configuration, then the demo victims' training with what is left of
 # BUDGET seconds. Results land in $OUT (logs, a kernel profile and demo.tgz with the trained checkpoints).
 #   BUDGET=560 ARCHS="stargan attentiongan hisd" bash benchmarks/gpu_session.sh
+# COMPILE=1 adds the torch.compile + CUDA graphs row (about 95 s of compilation before its first step).
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_session}
@@ -24,6 +25,11 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_de
     --skip-plain
   echo "## demo configuration, CUDA graphs"
   timeout 60 python3 benchmarks/stage1_speed.py --config demo --device cuda --batches 8
+  if [ "${COMPILE:-0}" = 1 ]; then
+    echo "## torch.compile + CUDA graphs, whole 30-epoch run"
+    timeout 200 python3 benchmarks/stage1_speed.py --config paper --device cuda --compile --batches 8 \
+      --full-epochs 30 --skip-plain
+  fi
 } 2>&1 | tee "$OUT/stage1.txt"
 
 left=$(( BUDGET - ($(date +%s) - start) - 25 ))
