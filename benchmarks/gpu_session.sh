@@ -6,7 +6,8 @@
 # COMPILE=1 adds the torch.compile + CUDA graphs row (about 95 s of compilation before its first step).
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/gpu_session}
+OUT=${OUT:-$(mktemp -d)}
+WORK=$(mktemp -d)
 BUDGET=${BUDGET:-560}
 ARCHS=${ARCHS:-"stargan attentiongan attgan hisd"}
 mkdir -p "$OUT"
@@ -36,5 +37,6 @@ left=$(( BUDGET - ($(date +%s) - start) - 25 ))
 echo "training ${ARCHS} for ${left} s" | tee "$OUT/train.txt"
 # shellcheck disable=SC2086
 python3 scripts/train_demo_victims.py --device cuda --parallel --no-progress --archs $ARCHS \
-  --max-seconds "$left" --out /tmp/demo --work /tmp/demo_work 2>&1 | tail -40 | tee -a "$OUT/train.txt"
-tar czf "$OUT/demo.tgz" -C /tmp demo
+  --max-seconds "$left" --out "$WORK/demo" --work "$WORK/train" 2>&1 | tail -40 | tee -a "$OUT/train.txt"
+tar czf "$OUT/demo.tgz" -C "$WORK" demo
+echo "results in $OUT"

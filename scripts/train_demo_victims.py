@@ -47,6 +47,19 @@ def training_data(data_params: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return subset["images"], subset["attrs"]
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line as run, paths relative to the repo; ``--out`` / ``--work`` (where files go, not what
+    they hold) are left out so the record names no machine's folders."""
+    args, kept = argv[1:], []
+    while args:
+        arg = args.pop(0)
+        if arg in ("--out", "--work"):
+            args.pop(0)
+        elif not arg.startswith(("--out=", "--work=")):
+            kept.append(arg)
+    return "python " + " ".join([f"scripts/{Path(argv[0]).name}", *kept]).replace(f"{ROOT}/", "")
+
+
 def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path, device: str,
               max_seconds: float | None, overrides: dict) -> dict:
     images, attrs = training_data(data_params)
@@ -72,7 +85,7 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
     record = {"arch": arch, "steps": steps, "device": device, "seconds": round(time.time() - start, 1),
               "torch": torch.__version__, "recipe": {**params.get("common", {}), **params[arch], **overrides},
               "data": data_params["root"], "image_size": data_params["image_size"],
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]).replace(f"{ROOT}/", "")}
+              "command": recorded_command(sys.argv)}
     (target.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     samples = sorted((work / arch / "samples").glob("*.png"))
     if samples:
