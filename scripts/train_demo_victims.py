@@ -9,6 +9,10 @@ Reproduces ``data/06_models/demo/<arch>/<official file name>`` from ``conf/base/
 ``--max-seconds S`` stops an arch at its first log step after S seconds and ships its last checkpoint; the
 step reached is written to ``training.json`` beside the checkpoint (set that ``num_iters`` to reproduce it).
 Each arch resumes from ``--work`` if a run of the same recipe and data is there.
+
+``--init DIR`` fine-tunes each arch from the generator ``DIR/<arch>/<official file>`` (fresh discriminator, the
+attacker's case) instead of training from scratch; the record of that generator (``DIR/<arch>/training.json``) is
+kept under ``"init"`` of the new record, so a shipped file names every run that led to it.
 """
 
 from __future__ import annotations
@@ -61,8 +65,13 @@ def recorded_command(argv: list[str]) -> str:
 
 
 def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path, device: str,
-              max_seconds: float | None, overrides: dict) -> dict:
+              max_seconds: float | None, overrides: dict, init: Path | None = None) -> dict:
     images, attrs = training_data(data_params)
+    init_checkpoint = None if init is None else init / arch / OFFICIAL_FILES[arch]
+    if init_checkpoint is not None and not init_checkpoint.is_file():
+        raise SystemExit(f"{arch}: --init needs the generator {init_checkpoint}, which does not exist")
+    init_record = None if init is None else _read_record(init / arch / "training.json")
+    run_dir = work / (arch if init is None else f"{arch}-finetune")
     start = time.time()
 
     def stop_when_over_budget(step: int, losses: dict, samples: Path | None) -> None:
@@ -70,11 +79,11 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
             raise TimeBudgetReached(step)
 
     try:
-        result = train_recipe(arch, params, images, attrs, work / arch, device=device,
-                              callback=stop_when_over_budget, **overrides)
+        result = train_recipe(arch, params, images, attrs, run_dir, device=device,
+                              callback=stop_when_over_budget, init_checkpoint=init_checkpoint, **overrides)
         generator, steps = result.generator_path, result.steps
     except TimeBudgetReached as stop:
-        generator, state = work / arch / "generator.pt", work / arch / "train_state.pt"
+        generator, state = run_dir / "generator.pt", run_dir / "train_state.pt"
         if not state.exists():
             raise SystemExit(f"{arch}: the time budget ended at step {stop.args[0]}, before the first checkpoint; "
                              "raise --max-seconds or lower checkpoint_every") from None
@@ -86,12 +95,31 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
               "torch": torch.__version__, "recipe": {**params.get("common", {}), **params[arch], **overrides},
               "data": data_params["root"], "image_size": data_params["image_size"],
               "command": recorded_command(sys.argv)}
+    if init_record is not None:
+        record["init"] = init_record
     (target.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    samples = sorted((work / arch / "samples").glob("*.png"))
+    samples = sorted((run_dir / "samples").glob("*.png"))
     if samples:
         shutil.copyfile(samples[-1], target.parent / "samples.png")
     print(f"{arch}: {steps} steps in {record['seconds']} s -> {target}", flush=True)
     return record
+
+
+def _read_record(path: Path) -> dict:
+    """The ``training.json`` of an earlier run (``{}`` when the generator came without one)."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not a training record ({exc})") from None
+
+
+def _key_value(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. lr_update_step=1")
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -104,7 +132,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--parallel", action="store_true", help="one process per arch (GPU: they overlap)")
-    parser.add_argument("--num-iters", type=int, default=None, help="override the recipes (smoke tests only)")
+    parser.add_argument("--num-iters", type=int, default=None, help="override the recipes' num_iters")
+    parser.add_argument("--init", default=None, help="fine-tune from the generators in this folder (see above)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override recipe keys of every arch (YAML values), e.g. lr_update_step=1")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs to files)")
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.config).read_text())["victim_training"]
@@ -118,6 +149,10 @@ def main() -> None:
             base += ["--max-seconds", str(args.max_seconds)]
         if args.num_iters is not None:
             base += ["--num-iters", str(args.num_iters)]
+        if args.init is not None:
+            base += ["--init", args.init]
+        if args.set:
+            base += ["--set", *args.set]
         if args.no_progress:
             base += ["--no-progress"]
         procs = [subprocess.Popen([*base, "--archs", arch]) for arch in archs]
@@ -125,12 +160,13 @@ def main() -> None:
         if any(codes):
             raise SystemExit(f"training failed for {[a for a, c in zip(archs, codes, strict=True) if c]}")
         return
-    overrides = {} if args.num_iters is None else {"num_iters": args.num_iters, "checkpoint_every": args.num_iters,
-                                                   "sample_every": args.num_iters, "log_every": 1}
+    overrides = {} if args.num_iters is None else {"num_iters": args.num_iters}
+    overrides |= dict(_key_value(item) for item in args.set)
     if args.no_progress:
         overrides["progress"] = False
     for arch in archs:
-        train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds, overrides)
+        train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds, overrides,
+                  None if args.init is None else Path(args.init))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""The demo-victim training script records a command that names no machine's folders."""
+"""The demo-victim training script: its record names no machine's folders; ``--init`` fine-tunes."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +26,31 @@ def test_recorded_command_drops_output_folders_and_keeps_the_recipe_arguments():
         "--work=/elsewhere/work", "--device", "cuda", "--max-seconds", "457.0", "--archs", "hisd"])
     assert command == ("python scripts/train_demo_victims.py --config conf/base/x.yml --device cuda "
                        "--max-seconds 457.0 --archs hisd")
+
+
+def test_init_fine_tunes_the_shipped_generator_and_keeps_its_record(tmp_path):
+    """``--init`` starts from the shipped generator (fresh D) and nests that generator's record under "init"."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    subprocess.run([sys.executable, str(ROOT / "scripts/train_demo_victims.py"), "--device", "cpu", "--archs",
+                    "stargan", "--num-iters", "5", "--no-progress", "--init", "data/06_models/demo",
+                    "--out", str(out), "--work", str(work)], cwd=ROOT, check=True, capture_output=True)
+    record = json.loads((out / "stargan/training.json").read_text())
+    shipped = json.loads((ROOT / "data/06_models/demo/stargan/training.json").read_text())
+    assert record["steps"] == 5 and record["recipe"]["num_iters"] == 5
+    assert record["init"] == shipped
+    assert "--init data/06_models/demo" in record["command"] and str(tmp_path) not in record["command"]
+    assert (work / "stargan-finetune/train_state.pt").is_file() and not (work / "stargan").exists()
+    tuned = torch.load(out / "stargan/200000-G.ckpt", weights_only=True)
+    start = torch.load(ROOT / "data/06_models/demo/stargan/200000-G.ckpt", weights_only=True)
+    assert tuned.keys() == start.keys()
+    drift = max(float((tuned[k].float() - start[k].float()).abs().max()) for k in start)
+    assert 0 < drift < 0.05, "one G update (step 5 of n_critic 5) moves the loaded weights a little"
+
+
+def test_init_without_the_generator_names_the_missing_file(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/train_demo_victims.py"), "--device", "cpu",
+                             "--archs", "hisd", "--num-iters", "1", "--init", str(tmp_path), "--out",
+                             str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                            check=False, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert str(tmp_path / "hisd/gen_00600000.pt") in result.stderr and "does not exist" in result.stderr
