@@ -353,6 +353,13 @@ class HiSDVictim(Victim):
         self._check_batch(x, t)
         return _broadcast_over_targets(self.generator.encode(x), len(t))
 
+    def self_translation(self, x: Tensor) -> Tensor:
+        """HiSD's analogue of ``G(x, c_org)``: every tag's translation with ``x``'s own extracted style,
+        ``[T,N,3,S,S]`` (unbounded) for ``x [N,3,S,S]`` in [-1,1], ``T`` = number of tags."""
+        gen = self.generator
+        e = gen.encode(x)
+        return torch.stack([gen.decode(gen.translate(e, gen.extract(x, tag), tag)) for tag in range(len(gen.tags))])
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "tag": self.tag, "latent_seed": self.latent_seed}
 

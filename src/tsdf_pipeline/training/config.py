@@ -163,6 +163,7 @@ class HiSDConfig(TrainConfig):
     adv_w: float = 1.0
     sty_w: float = 1.0
     rec_w: float = 1.0
+    r1_w: float = 1.0  # weight of D's R1 penalty (upstream: fixed 1)
     ema_beta: float = 0.99
     grad_clip: float = 100.0
 

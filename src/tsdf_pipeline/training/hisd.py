@@ -229,7 +229,7 @@ class HiSDTrainer(ArchTrainer):
                 lambda x_, s_, y_: D(x_, s_, y_, i), (x_real, s, y), (x_trg, s_trg, y), (x_cyc, s, y)))
             out_real = out_real[:, :, j]
             d_real = (F.relu(1 - out_real[:, 0]).mean() + F.relu(1 - out_real[:, 1]).mean()
-                      + r1_penalty(out_real[:, 0], x_real) + r1_penalty(out_real[:, 1], x_real))
+                      + c.r1_w * (r1_penalty(out_real[:, 0], x_real) + r1_penalty(out_real[:, 1], x_real)))
             d_trg = F.relu(1 + out_trg[:, 0, j_trg]).mean()
             d_cyc = F.relu(1 + out_cyc[:, 1, j]).mean()
             d_adv = d_real + d_trg + d_cyc
