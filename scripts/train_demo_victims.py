@@ -116,10 +116,17 @@ def _read_record(path: Path) -> dict:
 
 
 def _key_value(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a YAML value; numbers like ``1e-4`` (a string to YAML 1.1) become floats."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. lr_update_step=1")
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return key, float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
 
 
 def main() -> None:

@@ -28,6 +28,15 @@ def test_recorded_command_drops_output_folders_and_keeps_the_recipe_arguments():
                        "--max-seconds 457.0 --archs hisd")
 
 
+def test_set_values_are_yaml_with_exponent_numbers_as_floats():
+    parse = _script()._key_value
+    assert parse("lr_gen_mappers=1e-4") == ("lr_gen_mappers", 1e-4)  # YAML 1.1 alone reads a string
+    assert parse("condition_attrs=[Male, Young]") == ("condition_attrs", ["Male", "Young"])
+    assert parse("progress=false") == ("progress", False)
+    assert parse("lambda_cls=3") == ("lambda_cls", 3)
+    assert parse("name=stargan") == ("name", "stargan")
+
+
 def test_init_fine_tunes_the_shipped_generator_and_keeps_its_record(tmp_path):
     """``--init`` starts from the shipped generator (fresh D) and nests that generator's record under "init"."""
     out, work = tmp_path / "out", tmp_path / "work"

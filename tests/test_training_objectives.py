@@ -181,6 +181,30 @@ def test_hisd_r1_weight_scales_only_the_r1_term_of_the_discriminator_loss() -> N
     assert tripled - hinge == pytest.approx(3 * (upstream - hinge), rel=1e-4)
 
 
+def _hisd_after_one_step(**overrides) -> tuple[HiSDTrainer, dict[str, float]]:
+    torch.manual_seed(0)
+    trainer = tiny_trainer("hisd", tiny_dataset(), **overrides)
+    sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
+    return trainer, {k: float(v) for k, v in trainer.train_step(1, sampler).items()}
+
+
+def test_hisd_ali_w_scales_only_the_extractor_gradient_of_the_real_pair_term() -> None:
+    upstream, upstream_losses = _hisd_after_one_step()
+    assert make_config("hisd").ali_w == 1.0  # upstream: G's real-pair loss reaches the extractor in full
+    extractors = {}
+    for ali_w in (0.0, 0.5):
+        trainer, losses = _hisd_after_one_step(ali_w=ali_w)
+        assert losses == pytest.approx(upstream_losses)  # same values, other gradients
+        params = dict(trainer.generator.named_parameters())
+        for name, p in upstream.generator.named_parameters():
+            if not name.startswith("extractors."):
+                assert torch.allclose(p, params[name], atol=1e-6), (ali_w, name)
+        extractors[ali_w] = torch.cat([p.flatten() for n, p in params.items() if n.startswith("extractors.")])
+    full = torch.cat([p.flatten() for n, p in upstream.generator.named_parameters() if n.startswith("extractors.")])
+    assert not torch.allclose(extractors[0.0], full) and not torch.allclose(extractors[0.5], full)
+    assert not torch.allclose(extractors[0.0], extractors[0.5])
+
+
 def test_config_defaults_and_overrides() -> None:
     star = make_config("stargan")
     assert (star.lambda_cls, star.lambda_rec, star.lambda_gp, star.n_critic, star.g_lr, star.beta1) == \
@@ -189,5 +213,14 @@ def test_config_defaults_and_overrides() -> None:
     assert att.attrs == ("Bald", "Bangs") and (att.lambda_1, att.lambda_2, att.lambda_3, att.n_d) == (100, 10, 1, 5)
     with pytest.raises(TypeError, match=r"unknown config keys \['lambda_typo'\]"):
         make_config("hisd", lambda_typo=1)
+    with pytest.raises(TypeError, match=r"HiSDConfig.lr_gen_mappers must be float, got '1e-4' \(str\)"):
+        make_config("hisd", lr_gen_mappers="1e-4")
+    with pytest.raises(TypeError, match=r"StarGANConfig.n_critic must be int, got 2.5"):
+        make_config("stargan", n_critic=2.5)
+    with pytest.raises(TypeError, match=r"HiSDConfig.progress must be bool, got 0"):
+        make_config("hisd", progress=0)
+    with pytest.raises(TypeError, match=r"StarGANConfig.g_lr must be float, got True"):
+        make_config("stargan", g_lr=True)
+    assert make_config("stargan", g_lr=1).g_lr == 1  # ints are numbers too
     with pytest.raises(TypeError, match="needs a StarGANConfig"):
         train_gan("stargan", tiny_dataset(), make_config("attentiongan"), "unused")

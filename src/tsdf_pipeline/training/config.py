@@ -146,6 +146,9 @@ class HiSDConfig(TrainConfig):
     ``condition_attrs`` are the tag-irrelevant conditions fed to D as ±1 (upstream: Male, Young).
     ``generator``: HiSD generator sizes (keys of ``models.hisd.DEFAULT_CONFIG`` except ``tags``,
     ``new_size``, ``input_dim``); ``dis_channels``: D trunk channels.
+    ``ali_w`` < 1 (not upstream) scales the gradient that G's loss on real pairs (the ALI term) sends to the
+    extractor (0 detaches it; values unchanged): at demo size that term drives the extracted styles' norm up
+    until training diverges.
     """
 
     batch_size: int = 8
@@ -166,6 +169,7 @@ class HiSDConfig(TrainConfig):
     r1_w: float = 1.0  # weight of D's R1 penalty (upstream: fixed 1)
     ema_beta: float = 0.99
     grad_clip: float = 100.0
+    ali_w: float = 1.0  # scales the gradient of G's loss on (real image, extracted style) pairs to the extractor
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
@@ -177,9 +181,11 @@ CONFIG_CLASSES: dict[str, type[TrainConfig]] = {
 
 
 def make_config(arch: str, **overrides: Any) -> TrainConfig:
-    """The upstream-default config of ``arch`` with ``overrides``; unknown keys raise ``TypeError`` naming them.
+    """The upstream-default config of ``arch`` with ``overrides``; unknown keys, and values of the wrong type
+    for a number / flag field (e.g. the string ``'1e-4'`` that YAML 1.1 makes of ``1e-4``), raise ``TypeError``
+    naming them.
 
-    Lists given for tuple fields (e.g. from YAML) are converted to tuples.
+    Lists given for tuple fields (e.g. from YAML) are converted to tuples; ints are accepted for float fields.
     """
     if arch not in CONFIG_CLASSES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(CONFIG_CLASSES)}")
@@ -188,8 +194,21 @@ def make_config(arch: str, **overrides: Any) -> TrainConfig:
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise TypeError(f"{cls.__name__}: unknown config keys {unknown}; expected a subset of {sorted(names)}")
+    for key, value in overrides.items():
+        _check_scalar_type(cls.__name__, key, str(names[key].type), value)
     values = {k: tuple(v) if isinstance(v, list) and _is_tuple_field(names[k]) else v for k, v in overrides.items()}
     return cls(**values)
+
+
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,)}
+
+
+def _check_scalar_type(owner: str, key: str, annotation: str, value: Any) -> None:
+    expected = _SCALAR_TYPES.get(annotation)
+    if expected is None:
+        return
+    if isinstance(value, bool) != (annotation == "bool") or not isinstance(value, expected):
+        raise TypeError(f"{owner}.{key} must be {annotation}, got {value!r} ({type(value).__name__})")
 
 
 def _is_tuple_field(f: dataclasses.Field) -> bool:

@@ -205,9 +205,11 @@ class HiSDTrainer(ArchTrainer):
             x_rec, x_slf, x_trg = self._batched(G.decode, (e,), (e_slf,), (e_trg,))
             s_trg_rec = G.extract(x_trg, i)
             x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
-            # calc_gen_loss_real (s not detached: ALI part), calc_gen_loss_fake_trg / _fake_cyc (styles detached).
+            # calc_gen_loss_real (s not detached: ALI part; its gradient to the extractor scaled by ali_w),
+            # calc_gen_loss_fake_trg / _fake_cyc (styles detached).
+            s_real = s if c.ali_w == 1 else s.detach() + c.ali_w * (s - s.detach())
             out_real, out_trg, out_cyc = (o.float() for o in self._batched(
-                lambda x_, s_, y_: D(x_, s_, y_, i), (x, s, y), (x_trg, s_trg.detach(), y), (x_cyc, s.detach(), y)))
+                lambda x_, s_, y_: D(x_, s_, y_, i), (x, s_real, y), (x_trg, s_trg.detach(), y), (x_cyc, s.detach(), y)))
             g_adv = (out_real[:, 0, j].mean() + out_real[:, 1, j].mean()
                      - out_trg[:, 0, j_trg].mean() - out_cyc[:, 1, j].mean())
             g_sty = F.l1_loss(s_trg_rec.float(), s_trg.float())
