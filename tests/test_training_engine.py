@@ -145,6 +145,37 @@ def test_fine_tuning_starts_from_the_loaded_generator_and_discriminator(tmp_path
     assert logged[0]["D/loss_real"] == pytest.approx(d_real, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["stargan", "attentiongan", "attgan", "hisd"])
+def test_discriminator_warmup_updates_only_the_discriminator(arch: str) -> None:
+    from tsdf_pipeline.training import TRAINERS
+
+    torch.manual_seed(0)
+    trainer = TRAINERS[arch](tiny_config(arch), tiny_dataset(), torch.device("cpu"))
+    sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
+    frozen = {name: {k: v.clone() for k, v in m.state_dict().items()}
+              for name, m in (("G", trainer.generator), ("G_ema", trainer.generator_ema)) if m is not None}
+    d_before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
+    for step in range(1, 7):  # includes StarGAN's (n_critic 5) and AttGAN's (n_d + 1 = 6) generator steps
+        losses = trainer.train_step(step, sampler, update_generator=False)
+        assert losses and all(k.startswith("D/") for k in losses)
+    for name, state in frozen.items():
+        model = trainer.generator if name == "G" else trainer.generator_ema
+        assert states_equal(model.state_dict(), state), name
+    assert not trainer.optimizers["G"].state  # no G step, no Adam moments
+    assert not states_equal(trainer.discriminator.state_dict(), d_before)
+
+
+def test_discriminator_warmup_iterations_count_towards_num_iters(tmp_path: Path) -> None:
+    cfg = tiny_config("stargan", num_iters=5, n_critic=1, discriminator_warmup_iters=3)
+    result = train_gan("stargan", tiny_dataset(), cfg, tmp_path)
+    generator_terms = [any(k.startswith("G/") for k in values) for _, values in result.history]
+    assert generator_terms == [False, False, False, True, True]
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match=r"discriminator_warmup_iters must be in \[0, num_iters=5\)"):
+            train_gan("stargan", tiny_dataset(), tiny_config("stargan", num_iters=5, discriminator_warmup_iters=bad),
+                      tmp_path / str(bad))
+
+
 def test_non_finite_loss_raises_naming_step_term_and_last_checkpoint(tmp_path: Path) -> None:
     # A huge D learning rate blows D's weights up at step 1; step 2's losses overflow.
     cfg = tiny_config("stargan", num_iters=6, checkpoint_every=1, d_lr=1e35)

@@ -80,7 +80,7 @@ class AttGANTrainer(ArchTrainer):
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
+    def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         c = self.config
         G, D = self.generator, self.discriminator
         img_a, attrs40 = self.draw(sampler)
@@ -88,10 +88,10 @@ class AttGANTrainer(ArchTrainer):
         att_b = att_a[torch.randperm(att_a.shape[0]).to(att_a.device)]
         att_a_ = (att_a * 2 - 1) * c.thres_int
         att_b_ = scale_target(att_b, c.thres_int, c.b_distribution)
-        G.train()
+        G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
-        if step % (c.n_d + 1) != 0:
+        if not update_generator or step % (c.n_d + 1) != 0:
             set_requires_grad(D, True)
             with self.autocast():
                 with torch.no_grad():

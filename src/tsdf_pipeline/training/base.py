@@ -96,8 +96,12 @@ class ArchTrainer(abc.ABC):
         """Set the optimisers' learning rates for (1-based) iteration ``step``."""
 
     @abc.abstractmethod
-    def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
-        """Run iteration ``step`` (1-based); return its detached 0-dim loss terms by name (``"D/..."``, ``"G/..."``)."""
+    def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
+        """Run iteration ``step`` (1-based); return its detached 0-dim loss terms by name (``"D/..."``, ``"G/..."``).
+
+        ``update_generator`` False (D warm-up): only D is updated; G, its optimiser state and EMA copy stay as
+        they are, and only ``"D/..."`` terms are returned.
+        """
 
     @abc.abstractmethod
     def sample_grid(self, images: Tensor, attrs40: Tensor) -> Tensor:

@@ -29,6 +29,8 @@ class TrainConfig:
     are in iterations; 0 disables periodic checkpoints/samples (the final state is always written).
     ``device`` None picks CUDA when available. ``resume`` continues from ``out_dir``'s training state if one
     exists. ``n_samples`` images (the first ones of the dataset) make the sample grids.
+    The first ``discriminator_warmup_iters`` of the ``num_iters`` iterations update D only, with G frozen (the
+    TSDF release trains HiSD's D this way before the attacker's fine-tuning, ``HiSD/core/train_discriminator.py``).
     """
 
     image_size: int = 256
@@ -42,6 +44,7 @@ class TrainConfig:
     n_samples: int = 8
     progress: bool = True
     resume: bool = True
+    discriminator_warmup_iters: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``dict`` (tuples become lists) suitable for a weights-only checkpoint."""

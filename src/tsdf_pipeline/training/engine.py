@@ -182,6 +182,9 @@ def _check_inputs(config: TrainConfig, dataset: TensorFaceDataset) -> None:
     for name in ("checkpoint_every", "sample_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"config.{name} must be >= 0 (0 disables it), got {getattr(config, name)}")
+    if not 0 <= config.discriminator_warmup_iters < config.num_iters:
+        raise ValueError(f"config.discriminator_warmup_iters must be in [0, num_iters={config.num_iters}) (the "
+                         f"D-only iterations count towards num_iters), got {config.discriminator_warmup_iters}")
 
 
 def _every(step: int, interval: int) -> bool:
@@ -236,7 +239,7 @@ def train(
               dynamic_ncols=True) as bar:
         for step in range(start + 1, config.num_iters + 1):
             trainer.set_step_lr(step)
-            losses = trainer.train_step(step, sampler)
+            losses = trainer.train_step(step, sampler, update_generator=step > config.discriminator_warmup_iters)
             guard.update(step, losses)
             last.update(losses)
             final = step == config.num_iters

@@ -178,7 +178,7 @@ class HiSDTrainer(ArchTrainer):
             return [fn(*a) for a in args]
         return list(fn(*(torch.cat(t) for t in zip(*args, strict=True))).split(args[0][0].shape[0]))
 
-    def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
+    def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         c = self.config
         G, D = self.generator, self.discriminator
         # Tag / attribute choice on the host (upstream core/train.py: random.sample), no device sync.
@@ -191,35 +191,43 @@ class HiSDTrainer(ArchTrainer):
         # (ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced.)
         flip = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
         x = torch.where(flip, x.flip(3), x)
-        G.train()
+        G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
-        # Generator step (upstream HiSD.gen_losses); independent paths go through _batched.
-        set_requires_grad(D, False)
-        set_requires_grad(G, True)
-        with self.autocast():
-            e = G.encode(x)
-            s = G.extract(x, i)
-            s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
-            e_slf, e_trg = self._batched(lambda e_, s_: G.translate(e_, s_, i), (e, s), (e, s_trg))
-            x_rec, x_slf, x_trg = self._batched(G.decode, (e,), (e_slf,), (e_trg,))
-            s_trg_rec = G.extract(x_trg, i)
-            x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
-            # calc_gen_loss_real (s not detached: ALI part; its gradient to the extractor scaled by ali_w),
-            # calc_gen_loss_fake_trg / _fake_cyc (styles detached).
-            s_real = s if c.ali_w == 1 else s.detach() + c.ali_w * (s - s.detach())
-            out_real, out_trg, out_cyc = (o.float() for o in self._batched(
-                lambda x_, s_, y_: D(x_, s_, y_, i), (x, s_real, y), (x_trg, s_trg.detach(), y), (x_cyc, s.detach(), y)))
-            g_adv = (out_real[:, 0, j].mean() + out_real[:, 1, j].mean()
-                     - out_trg[:, 0, j_trg].mean() - out_cyc[:, 1, j].mean())
-            g_sty = F.l1_loss(s_trg_rec.float(), s_trg.float())
-            xf = x.float()
-            g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
-            g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        g_total.backward()
-        nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)  # upstream: clip 100
-        self.optimizers["G"].step()
+        if update_generator:
+            # Generator step (upstream HiSD.gen_losses); independent paths go through _batched.
+            set_requires_grad(D, False)
+            set_requires_grad(G, True)
+            with self.autocast():
+                e = G.encode(x)
+                s = G.extract(x, i)
+                s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
+                e_slf, e_trg = self._batched(lambda e_, s_: G.translate(e_, s_, i), (e, s), (e, s_trg))
+                x_rec, x_slf, x_trg = self._batched(G.decode, (e,), (e_slf,), (e_trg,))
+                s_trg_rec = G.extract(x_trg, i)
+                x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
+                # calc_gen_loss_real (s not detached: ALI part; its gradient to the extractor scaled by ali_w),
+                # calc_gen_loss_fake_trg / _fake_cyc (styles detached).
+                s_real = s if c.ali_w == 1 else s.detach() + c.ali_w * (s - s.detach())
+                out_real, out_trg, out_cyc = (o.float() for o in self._batched(
+                    lambda x_, s_, y_: D(x_, s_, y_, i),
+                    (x, s_real, y), (x_trg, s_trg.detach(), y), (x_cyc, s.detach(), y)))
+                g_adv = (out_real[:, 0, j].mean() + out_real[:, 1, j].mean()
+                         - out_trg[:, 0, j_trg].mean() - out_cyc[:, 1, j].mean())
+                g_sty = F.l1_loss(s_trg_rec.float(), s_trg.float())
+                xf = x.float()
+                g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
+                g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
+            self.optimizers["G"].zero_grad(set_to_none=True)
+            g_total.backward()
+            nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)  # upstream: clip 100
+            self.optimizers["G"].step()
+        else:  # D warm-up (TSDF release HiSD_Trainer.update_D): the same pairs from the frozen G, no G update
+            with torch.no_grad(), self.autocast():
+                s = G.extract(x, i)
+                s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
+                x_trg = G.decode(G.translate(G.encode(x), s_trg, i))
+                x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
 
         # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
@@ -240,6 +248,8 @@ class HiSDTrainer(ArchTrainer):
         nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
         self.optimizers["D"].step()
         set_requires_grad(G, True)
+        if not update_generator:
+            return {"D/adv": d_adv.detach()}
 
         assert self.generator_ema is not None
         update_average(self.generator_ema, G, c.ema_beta)

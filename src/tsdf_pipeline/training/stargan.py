@@ -78,7 +78,7 @@ class StarGANTrainer(ArchTrainer):
             for group in self.optimizers[name].param_groups:
                 group["lr"] = lr
 
-    def train_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
+    def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         c = self.config
         G, D = self.generator, self.discriminator
         x_real, attrs40 = self.draw(sampler)
@@ -87,7 +87,7 @@ class StarGANTrainer(ArchTrainer):
         x_real = self.to_input(random_horizontal_flip(x_real))
         label_org = attrs40[:, self.label_columns.to(attrs40.device)]
         label_trg = label_org[torch.randperm(label_org.shape[0]).to(label_org.device)]
-        G.train()
+        G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
         # Discriminator: real/fake critic, classification of real images, gradient penalty.
@@ -111,7 +111,7 @@ class StarGANTrainer(ArchTrainer):
                   "D/loss_gp": d_loss_gp}
 
         # Generator: fool D, be classified as the target, reconstruct the input from the fake.
-        if step % c.n_critic == 0:
+        if update_generator and step % c.n_critic == 0:
             set_requires_grad(D, False)
             with self.autocast():
                 x_fake = self.generate(x_real, label_trg)
