@@ -152,15 +152,15 @@ def test_discriminator_warmup_updates_only_the_discriminator(arch: str) -> None:
     torch.manual_seed(0)
     trainer = TRAINERS[arch](tiny_config(arch), tiny_dataset(), torch.device("cpu"))
     sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
-    frozen = {name: {k: v.clone() for k, v in m.state_dict().items()}
-              for name, m in (("G", trainer.generator), ("G_ema", trainer.generator_ema)) if m is not None}
+    generators = {"G": trainer.generator, "G_ema": trainer.generator_ema}  # G_ema: HiSD's gen_test
+    frozen = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in generators.items()
+              if m is not None}
     d_before = {k: v.clone() for k, v in trainer.discriminator.state_dict().items()}
     for step in range(1, 7):  # includes StarGAN's (n_critic 5) and AttGAN's (n_d + 1 = 6) generator steps
         losses = trainer.train_step(step, sampler, update_generator=False)
         assert losses and all(k.startswith("D/") for k in losses)
     for name, state in frozen.items():
-        model = trainer.generator if name == "G" else trainer.generator_ema
-        assert states_equal(model.state_dict(), state), name
+        assert states_equal(generators[name].state_dict(), state), name  # parameters and BN buffers
     assert not trainer.optimizers["G"].state  # no G step, no Adam moments
     assert not states_equal(trainer.discriminator.state_dict(), d_before)
 
