@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -115,17 +116,17 @@ def _read_record(path: Path) -> dict:
         raise SystemExit(f"{path}: not a training record ({exc})") from None
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _key_value(item: str) -> tuple[str, object]:
     """``KEY=VALUE`` with a YAML value; numbers like ``1e-4`` (a string to YAML 1.1) become floats."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. lr_update_step=1")
     parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):
-        try:
-            return key, float(parsed)
-        except ValueError:
-            pass
+    if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed):  # not 'nan' / 'inf' words
+        return key, float(parsed)
     return key, parsed
 
 

@@ -35,6 +35,7 @@ def test_set_values_are_yaml_with_exponent_numbers_as_floats():
     assert parse("progress=false") == ("progress", False)
     assert parse("lambda_cls=3") == ("lambda_cls", 3)
     assert parse("name=stargan") == ("name", "stargan")
+    assert parse("name=nan") == ("name", "nan")  # only exponent-notation numbers are converted
 
 
 def test_init_fine_tunes_the_shipped_generator_and_keeps_its_record(tmp_path):

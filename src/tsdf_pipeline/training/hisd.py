@@ -248,12 +248,11 @@ class HiSDTrainer(ArchTrainer):
         nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
         self.optimizers["D"].step()
         set_requires_grad(G, True)
-        if not update_generator:
-            return {"D/adv": d_adv.detach()}
-
-        assert self.generator_ema is not None
-        update_average(self.generator_ema, G, c.ema_beta)
-        losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, "D/adv": d_adv}
+        losses = {"D/adv": d_adv}
+        if update_generator:
+            assert self.generator_ema is not None
+            update_average(self.generator_ema, G, c.ema_beta)
+            losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **losses}
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
