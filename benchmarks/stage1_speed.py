@@ -4,6 +4,7 @@ Usage (torch alone, no kedro)::
 
     python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--no-graphs] [--batches 6]
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
+    python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -13,7 +14,8 @@ cached after a warm-up batch), peak memory, and the ratio to a plain fp32 eager 
 passes in every step, applies DI with interpolate/pad and reads the per-victim losses with ``.item()`` (like the
 release's ``train.py``). ``--full-epochs E`` also times a whole ``run_interruption`` (128 images = 16 batches
 of 8 at paper scale, E epochs) from the call to the returned result: clean passes, graph capture or compilation
-included.
+included. With ``--only-full-run`` nothing else runs before it in the process, so a compiled run pays its
+whole compilation (a second such process finds Inductor's on-disk cache warm).
 """
 
 from __future__ import annotations
@@ -139,8 +141,11 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
     total = time.perf_counter() - t0
     later = [epoch_ends[e + 1] - epoch_ends[e] for e in range(1, epochs - 1) if e + 1 in epoch_ends]
     steady = f"{sum(later) / len(later):.3f} s/epoch after the first" if later else "n/a"
-    print(f"full run     : {epochs} epochs x 16 batches in {total:.1f} s (everything included); {steady}; "
+    first = f"first epoch {epoch_ends[min(epoch_ends)] - t0:.1f} s"
+    print(f"full run     : {epochs} epochs x 16 batches in {total:.1f} s (everything included; {first}); {steady}; "
           f"|w|max {result.w.abs().max():.4f}; peak {_peak(device)}")
+    if cfg.compile:
+        print(torch._dynamo.utils.compile_times(repr="str", aggregate=True))
 
 
 def main() -> None:
@@ -152,14 +157,18 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
     parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")
+    parser.add_argument("--only-full-run", action="store_true",
+                        help="time only the whole run, in a fresh process (a cold start: compilation included)")
     parser.add_argument("--profile", type=int, default=0, help="print the N kernels taking most device time")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="cuDNN's heuristic algorithm choice instead of timing every candidate per shape")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -174,6 +183,11 @@ def main() -> None:
           f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 
+    if args.only_full_run:
+        if not args.full_epochs:
+            parser.error("--only-full-run needs --full-epochs")
+        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device)
+        return
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
     stage = _Stage1(prepared, cfg, device, size, n_batches=1)
     m = len(victims)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.parity_utils import (
     assert_matches,
@@ -20,6 +21,9 @@ from tsdf_pipeline.models.hisd import (
     DIS_DEFAULT_CONFIG,
     HiSDDiscriminator,
     HiSDGenerator,
+    avg_pool_2x2,
+    std_instance_norm,
+    upsample_nearest_2x,
 )
 
 # Recorded (tag, attribute) pairs of ``map_all`` (fixture meta ``outputs``).
@@ -182,3 +186,34 @@ def test_discriminator_runs_on_small_config():
     assert not torch.allclose(out0, dis(x, -s, torch.ones(2, 1), 0))
     with pytest.raises(ValueError, match="with 1 channels/features"):
         dis(x, s, torch.zeros(2, 2), 0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layout_native_pool_upsample_and_norm_equal_the_reference_ops(channels_last):
+    """Pooling, upsampling and HiSD's norm give the reference values and gradients in either layout; a
+    contiguous input takes exactly the reference ops, a channels-last one stays channels-last."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, 6) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(2, 5, 1), torch.randn(1, 5, 1)
+
+    def reference_norm(v):
+        flat = v.reshape(2, 5, 48)
+        return ((flat - flat.mean(-1, keepdim=True)) / (flat.std(-1, keepdim=True) + 1e-5) * weight + bias
+                ).view(2, 5, 8, 6)
+
+    cases = [(avg_pool_2x2, lambda v: F.avg_pool2d(v, 2)),
+             (upsample_nearest_2x, lambda v: F.interpolate(v, scale_factor=2, mode="nearest")),
+             (lambda v: std_instance_norm(v, weight, bias), reference_norm)]
+    for fast, reference in cases:
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out, expected = fast(a), reference(b)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        (expected * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        if channels_last:
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+        else:
+            assert torch.equal(out, expected) and torch.equal(a.grad, b.grad)

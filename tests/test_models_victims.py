@@ -97,6 +97,30 @@ def test_gradient_reaches_x_but_not_the_generator(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_channels_last_path_equals_the_contiguous_one(arch):
+    """The CUDA layout (channels-last weights and inputs: layout-native norms, pooling, upsampling) gives the
+    same edits, features and input gradients as the contiguous path, and keeps the channels-last layout."""
+    x, attrs40 = _batch()
+    results = []
+    for channels_last in (False, True):
+        victim = _victim(arch)
+        inp = x.clone()
+        if channels_last:
+            victim.to(memory_format=torch.channels_last)
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        inp.requires_grad_(True)
+        t = victim.targets(attrs40, "all")
+        edits, feat = victim.edit_with_feature(inp, t)
+        (edits.square().mean() + feat.square().mean()).backward()
+        results.append((edits.detach(), feat.detach(), inp.grad))
+    for contiguous, channels_last in zip(*results, strict=True):
+        assert channels_last.dim() == 5 or channels_last.is_contiguous(memory_format=torch.channels_last)
+        # float32 sums in another order. Tolerance relative to the largest value: random HiSD edits reach |27|
+        # (no tanh), and the thread count alone moves its input gradient by 1e-4 of the largest one.
+        torch.testing.assert_close(channels_last, contiguous, atol=3e-4 * contiguous.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_train_call_keeps_the_official_inference_mode(arch):
     victim = _victim(arch)
     x, attrs40 = _batch()

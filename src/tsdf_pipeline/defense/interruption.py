@@ -197,7 +197,7 @@ class _Stage1:
         with autocast(self.device, cfg.amp):
             for v in self.victims:
                 t = v.targets(attrs40, cfg.targets)
-                out, feat = v.edit_with_feature(x, t)
+                out, feat = v.edit_with_feature(x, t, compiled=False)  # once per image: not worth a compile
                 targets.append(t)
                 outputs.append(out)
                 features.append(resize_feature(feat, cfg.feature_size))

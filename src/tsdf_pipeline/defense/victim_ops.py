@@ -104,8 +104,11 @@ class PreparedVictim:
     def feature(self, x: Tensor, t: Any) -> Tensor:
         return self._feature(self._layout(x), t)
 
-    def edit_with_feature(self, x: Tensor, t: Any) -> tuple[Tensor, Tensor]:
-        return self._edit_with_feature(self._layout(x), t)
+    def edit_with_feature(self, x: Tensor, t: Any, *, compiled: bool = True) -> tuple[Tensor, Tensor]:
+        """``compiled=False`` runs the plain module: for calls made once per image (clean passes), where a
+        compiled graph of their own (a no-grad graph compiles separately) would cost more than it saves."""
+        fn = self._edit_with_feature if compiled else self.victim.edit_with_feature
+        return fn(self._layout(x), t)
 
     def edit(self, x: Tensor, t: Any) -> Tensor:
         return self._edit(self._layout(x), t)

@@ -143,12 +143,49 @@ def std_instance_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = _NOR
 
     Mean and unbiased std are taken per (sample, channel) over H*W; ``weight`` / ``bias`` broadcast
     to ``[N,C,1]`` (``[1,C,1]`` learnt parameters or ``[N,C,1]`` / ``[1,C,1]`` AdaIN parameters).
+    A channels-last input (the CUDA path) is normalised as ``x·scale + shift`` with per-channel
+    ``scale = weight/(std+eps)``, ``shift = bias - mean·scale``: the same expression rearranged, one statistics
+    pass and one full-size pass instead of four, in the input's layout and dtype (bf16 under autocast; the small
+    per-channel factors are formed in fp32). Other inputs take the official
+    expression, so CPU results stay bit-identical to earlier releases of this project.
     """
     n, c, h, w = x.shape
     flat = x.reshape(n, c, h * w)
+    if _is_channels_last(x):
+        std, mean = torch.std_mean(flat, -1, keepdim=True)
+        scale = weight / (std.float() + eps)
+        shift = bias - mean.float() * scale
+        return torch.addcmul(shift.to(x.dtype), flat, scale.to(x.dtype)).view(n, c, h, w)
     mean = flat.mean(-1, keepdim=True)
     std = flat.std(-1, keepdim=True)
     return ((flat - mean) / (std + eps) * weight + bias).view(n, c, h, w)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def avg_pool_2x2(x: Tensor) -> Tensor:
+    """``F.avg_pool2d(x, 2)`` ``[N,C,H,W] -> [N,C,H/2,W/2]``.
+
+    A channels-last input with even H, W is pooled as a reshape-mean in its layout (same values up to the
+    summation order): its backward is one broadcast, where avg_pool2d's channels-last backward kernel is slow
+    on CUDA.
+    """
+    n, c, h, w = x.shape
+    if not _is_channels_last(x) or h % 2 or w % 2:
+        return F.avg_pool2d(x, 2)
+    return x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4)).permute(0, 3, 1, 2)
+
+
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="nearest")`` ``[N,C,H,W] -> [N,C,2H,2W]``; a channels-last
+    input is upsampled as a broadcast in its layout (identical values, channels-last output)."""
+    n, c, h, w = x.shape
+    if not _is_channels_last(x):
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    nhwc = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)
+    return nhwc.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class StdInstanceNorm(nn.Module):
@@ -178,9 +215,9 @@ class DownBlock(nn.Module):
         self.sc = nn.Conv2d(in_dim, out_dim, 1, 1, 0, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        residual = F.avg_pool2d(self.sc(x), 2)
+        residual = avg_pool_2x2(self.sc(x))
         out = self.in1(x) if self.normalize else x
-        out = F.avg_pool2d(self.conv1(F.leaky_relu(out, _LRELU_SLOPE)), 2)
+        out = avg_pool_2x2(self.conv1(F.leaky_relu(out, _LRELU_SLOPE)))
         if self.normalize:
             out = self.in2(out)
         out = self.conv2(F.leaky_relu(out, _LRELU_SLOPE))
@@ -199,8 +236,8 @@ class UpBlockIN(nn.Module):
         self.sc = nn.Conv2d(in_dim, out_dim, 1, 1, 0, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        residual = F.interpolate(self.sc(x), scale_factor=2, mode="nearest")
-        out = F.interpolate(F.leaky_relu(self.in1(x), _LRELU_SLOPE), scale_factor=2, mode="nearest")
+        residual = upsample_nearest_2x(self.sc(x))
+        out = upsample_nearest_2x(F.leaky_relu(self.in1(x), _LRELU_SLOPE))
         out = self.conv2(F.leaky_relu(self.in2(self.conv1(out)), _LRELU_SLOPE))
         return (residual + out) / math.sqrt(2)
 
@@ -470,5 +507,6 @@ class HiSDDiscriminator(nn.Module):
 __all__ = [
     "CELEBA_HQ_TAGS", "CONFIG_128", "DEFAULT_CONFIG", "DIS_CONFIG_128", "DIS_DEFAULT_CONFIG",
     "DownBlock", "Extractors", "HiSDDiscriminator", "HiSDGenerator", "LinearBlock", "Mapper",
-    "MiddleBlock", "StdInstanceNorm", "Translator", "UpBlockIN", "std_instance_norm",
+    "MiddleBlock", "StdInstanceNorm", "Translator", "UpBlockIN", "avg_pool_2x2", "std_instance_norm",
+    "upsample_nearest_2x",
 ]

@@ -26,7 +26,24 @@ class InputStatsInstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_features, affine=True, track_running_stats=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return channels_last_instance_norm(x, self.weight, self.bias, self.eps)
         return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def channels_last_instance_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                eps: float) -> torch.Tensor:
+    """Affine instance norm of ``x [N,C,H,W]`` (biased variance, as ``F.instance_norm``) in ``x``'s layout.
+
+    ``F.instance_norm`` reshapes its input to ``[1,N·C,H,W]``, which copies a channels-last tensor and returns
+    a contiguous one (and the next channels-last convolution copies it back). Here: one statistics pass, then
+    ``x·scale + shift`` with per-channel ``scale = weight/sqrt(var+eps)``, ``shift = bias - mean·scale`` (formed in
+    fp32, applied in ``x``'s dtype: bf16 in, bf16 out under autocast, like ``F.instance_norm``).
+    """
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+    scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var.float() + eps)
+    shift = bias.view(1, -1, 1, 1) - mean.float() * scale
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
 
 class ResidualBlock(nn.Module):
