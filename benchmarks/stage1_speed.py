@@ -162,13 +162,11 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="print the N kernels taking most device time")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    parser.add_argument("--no-cudnn-benchmark", action="store_true",
-                        help="cuDNN's heuristic algorithm choice instead of timing every candidate per shape")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+    torch.backends.cudnn.benchmark = True  # as run_interruption sets it on CUDA
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

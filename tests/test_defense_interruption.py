@@ -20,6 +20,7 @@ from tsdf_pipeline.defense.interruption import (
     update_model_weights,
 )
 from tsdf_pipeline.defense.state import make_generator
+from tsdf_pipeline.defense.victim_ops import cudnn_autotune
 
 SIZE = 16
 
@@ -267,3 +268,13 @@ def test_tiny_real_victims_run_in_the_epsilon_ball():
     weights = [last[f"weight/{v.name}"] for v in victims]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert all(torch.isfinite(torch.tensor(list(r.values()), dtype=torch.float64)).all() for r in result.history)
+
+
+def test_cudnn_autotune_is_scoped_to_cuda_runs():
+    before = torch.backends.cudnn.benchmark
+    with cudnn_autotune(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark == before
+    with pytest.raises(RuntimeError), cudnn_autotune(torch.device("cuda")):
+        assert torch.backends.cudnn.benchmark
+        raise RuntimeError("the loop failed")
+    assert torch.backends.cudnn.benchmark == before

@@ -58,6 +58,7 @@ from tsdf_pipeline.defense.victim_ops import (
     VictimLike,
     autocast,
     check_inputs,
+    cudnn_autotune,
     prepare_victims,
 )
 from tsdf_pipeline.devices import resolve_device
@@ -337,12 +338,13 @@ def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor,
         "weights": torch.full((m,), 1.0 / m, device=device),
     }
     stage = _Stage1(prepared, config, device, size, n_batches)
-    final = run_loop(
-        images, attrs40, state,
-        settings=LoopSettings("interruption", config.epochs, config.batch_size, config.checkpoint_every,
-                              config.progress),
-        step=stage.step, start_epoch=stage.start_epoch,
-        fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims], images.shape),
-        checkpoint_path=checkpoint_path, resume=resume, callback=callback,
-    )
+    with cudnn_autotune(device):
+        final = run_loop(
+            images, attrs40, state,
+            settings=LoopSettings("interruption", config.epochs, config.batch_size, config.checkpoint_every,
+                                  config.progress),
+            step=stage.step, start_epoch=stage.start_epoch,
+            fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims], images.shape),
+            checkpoint_path=checkpoint_path, resume=resume, callback=callback,
+        )
     return InterruptionResult(w=final.tensors["w"].detach().float().cpu(), history=final.history)

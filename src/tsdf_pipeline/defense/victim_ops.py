@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -56,6 +56,22 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN time the candidate algorithms of every convolution shape once and keep the fastest
+    (``torch.backends.cudnn.benchmark``; the loops' shapes are fixed, so it is paid in the first batch). The
+    previous setting is restored on exit; on other devices nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def check_inputs(method: str, victims: Sequence[VictimLike], images: Tensor, attrs40: Tensor) -> None:
