@@ -145,12 +145,13 @@ def test_fine_tuning_starts_from_the_loaded_generator_and_discriminator(tmp_path
     assert logged[0]["D/loss_real"] == pytest.approx(d_real, rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["stargan", "attentiongan", "attgan", "hisd"])
-def test_discriminator_warmup_updates_only_the_discriminator(arch: str) -> None:
+@pytest.mark.parametrize("arch, overrides", [("stargan", {}), ("attentiongan", {}), ("attgan", {}), ("hisd", {}),
+                                             ("hisd", {"ref_w": 1.0})])
+def test_discriminator_warmup_updates_only_the_discriminator(arch: str, overrides: dict) -> None:
     from tsdf_pipeline.training import TRAINERS
 
     torch.manual_seed(0)
-    trainer = TRAINERS[arch](tiny_config(arch), tiny_dataset(), torch.device("cpu"))
+    trainer = TRAINERS[arch](tiny_config(arch, **overrides), tiny_dataset(), torch.device("cpu"))
     sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
     generators = {"G": trainer.generator, "G_ema": trainer.generator_ema}  # G_ema: HiSD's gen_test
     frozen = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in generators.items()

@@ -199,6 +199,20 @@ def test_hisd_ali_w_scales_only_the_extractor_gradient_of_the_real_pair_term() -
     assert not torch.allclose(extractors[0.0], extractors[0.5])
 
 
+def test_hisd_ref_w_adds_a_reference_guided_term_and_is_off_by_default() -> None:
+    upstream, upstream_losses = _hisd_after_one_step()
+    assert make_config("hisd").ref_w == 0.0 and "G/ref" not in upstream_losses
+    trainer, losses = _hisd_after_one_step(ref_w=1.0)
+    # The upstream terms see the same draws (the reference batch is drawn after them) ...
+    for key in ("G/adv", "G/sty", "G/rec"):
+        assert losses[key] == pytest.approx(upstream_losses[key])
+    # ... and the reference term adds its own gradient to G and its own fake to D.
+    assert torch.isfinite(torch.tensor(losses["G/ref"])) and losses["D/adv"] != pytest.approx(upstream_losses["D/adv"])
+    params = dict(trainer.generator.named_parameters())
+    assert any(not torch.allclose(p, params[n]) for n, p in upstream.generator.named_parameters()
+               if n.startswith("extractors."))
+
+
 def test_config_defaults_and_overrides() -> None:
     star = make_config("stargan")
     assert (star.lambda_cls, star.lambda_rec, star.lambda_gp, star.n_critic, star.g_lr, star.beta1) == \

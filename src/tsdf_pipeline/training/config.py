@@ -152,6 +152,10 @@ class HiSDConfig(TrainConfig):
     ``ali_w`` < 1 (not upstream) scales the gradient that G's loss on real pairs (the ALI term) sends to the
     extractor (0 detaches it; values unchanged): at demo size that term drives the extracted styles' norm up
     until training diverges.
+    ``ref_w`` > 0 (not upstream; imlixinyang/HiSD#18) adds a reference-guided path: the codes of the batch are
+    also translated with the style extracted from a batch of the target attribute, judged by D as a translated
+    image of that attribute (D counts it as another fake), plus the style reconstruction of that reference style;
+    G's term is weighted ``ref_w`` (adversarial ``adv_w``, style ``sty_w`` inside), and so is D's.
     """
 
     batch_size: int = 8
@@ -173,6 +177,7 @@ class HiSDConfig(TrainConfig):
     ema_beta: float = 0.99
     grad_clip: float = 100.0
     ali_w: float = 1.0  # scales the gradient of G's loss on (real image, extracted style) pairs to the extractor
+    ref_w: float = 0.0  # weight of the reference-guided translation term (not upstream; 0: off)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

@@ -68,6 +68,13 @@ def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
     return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
+def _random_hflip(x: Tensor) -> Tensor:
+    """Upstream augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image of ``x [N,3,H,W]``.
+    (Its ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced.)"""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(3), x)
+
+
 @torch.no_grad()
 def update_average(target: nn.Module, source: nn.Module, beta: float) -> None:
     """EMA of parameters: ``target = beta*target + (1-beta)*source`` (upstream ``core/trainer.py``
@@ -178,6 +185,14 @@ class HiSDTrainer(ArchTrainer):
             return [fn(*a) for a in args]
         return list(fn(*(torch.cat(t) for t in zip(*args, strict=True))).split(args[0][0].shape[0]))
 
+    def _reference_translation(self, sampler: BatchSampler, e: Tensor, i: int, j_trg: int) -> tuple[Tensor, Tensor]:
+        """``(s_ref, x_ref_trg)``: the style of a batch drawn from tag ``i``'s attribute ``j_trg`` pool and the
+        translation of the codes ``e`` with it (``HiSDConfig.ref_w``; not upstream)."""
+        G = self.generator
+        x_ref = _random_hflip(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
+        s_ref = G.extract(x_ref, i)
+        return s_ref, G.decode(G.translate(e, s_ref, i))
+
     def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         c = self.config
         G, D = self.generator, self.discriminator
@@ -187,10 +202,7 @@ class HiSDTrainer(ArchTrainer):
         j, j_trg = torch.randperm(n_attrs[i])[:2].tolist()
         x, y = self._draw_on_device(sampler.next(self._pool_names[i][j]))
         b = x.shape[0]
-        # Upstream data augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image.
-        # (ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced.)
-        flip = torch.rand(b, 1, 1, 1, device=x.device) < 0.5
-        x = torch.where(flip, x.flip(3), x)
+        x = _random_hflip(x)
         G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
@@ -218,6 +230,12 @@ class HiSDTrainer(ArchTrainer):
                 xf = x.float()
                 g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
                 g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
+                if c.ref_w:
+                    s_ref, x_ref_trg = self._reference_translation(sampler, e, i, j_trg)
+                    out_ref = D(x_ref_trg, s_ref.detach(), y, i).float()
+                    g_ref = (c.adv_w * -out_ref[:, 0, j_trg].mean()
+                             + c.sty_w * F.l1_loss(G.extract(x_ref_trg, i).float(), s_ref.detach().float()))
+                    g_total = g_total + c.ref_w * g_ref
             self.optimizers["G"].zero_grad(set_to_none=True)
             g_total.backward()
             nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)  # upstream: clip 100
@@ -228,6 +246,8 @@ class HiSDTrainer(ArchTrainer):
                 s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
                 x_trg = G.decode(G.translate(G.encode(x), s_trg, i))
                 x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
+                if c.ref_w:
+                    s_ref, x_ref_trg = self._reference_translation(sampler, G.encode(x), i, j_trg)
 
         # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
@@ -243,6 +263,9 @@ class HiSDTrainer(ArchTrainer):
             d_trg = F.relu(1 + out_trg[:, 0, j_trg]).mean()
             d_cyc = F.relu(1 + out_cyc[:, 1, j]).mean()
             d_adv = d_real + d_trg + d_cyc
+            if c.ref_w:
+                out_ref = D(x_ref_trg.detach(), s_ref.detach(), y, i).float()
+                d_adv = d_adv + c.ref_w * F.relu(1 + out_ref[:, 0, j_trg]).mean()
         self.optimizers["D"].zero_grad(set_to_none=True)
         d_adv.backward()
         nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
@@ -252,7 +275,8 @@ class HiSDTrainer(ArchTrainer):
         if update_generator:
             assert self.generator_ema is not None
             update_average(self.generator_ema, G, c.ema_beta)
-            losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **losses}
+            losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **({"G/ref": g_ref} if c.ref_w else {}),
+                      **losses}
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
