@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsdf_pipeline.models.layout import is_channels_last
+
 _LRELU_SLOPE = 0.2
 _NORM_EPS = 1e-5
 
@@ -151,7 +153,7 @@ def std_instance_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = _NOR
     """
     n, c, h, w = x.shape
     flat = x.reshape(n, c, h * w)
-    if _is_channels_last(x):
+    if is_channels_last(x):
         std, mean = torch.std_mean(flat, -1, keepdim=True)
         scale = weight / (std.float() + eps)
         shift = bias - mean.float() * scale
@@ -159,10 +161,6 @@ def std_instance_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = _NOR
     mean = flat.mean(-1, keepdim=True)
     std = flat.std(-1, keepdim=True)
     return ((flat - mean) / (std + eps) * weight + bias).view(n, c, h, w)
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def avg_pool_2x2(x: Tensor) -> Tensor:
@@ -173,7 +171,7 @@ def avg_pool_2x2(x: Tensor) -> Tensor:
     on CUDA.
     """
     n, c, h, w = x.shape
-    if not _is_channels_last(x) or h % 2 or w % 2:
+    if not is_channels_last(x) or h % 2 or w % 2:
         return F.avg_pool2d(x, 2)
     return x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4)).permute(0, 3, 1, 2)
 
@@ -182,7 +180,7 @@ def upsample_nearest_2x(x: Tensor) -> Tensor:
     """``F.interpolate(x, scale_factor=2, mode="nearest")`` ``[N,C,H,W] -> [N,C,2H,2W]``; a channels-last
     input is upsampled as a broadcast in its layout (identical values, channels-last output)."""
     n, c, h, w = x.shape
-    if not _is_channels_last(x):
+    if not is_channels_last(x):
         return F.interpolate(x, scale_factor=2, mode="nearest")
     nhwc = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)
     return nhwc.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)

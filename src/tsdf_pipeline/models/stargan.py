@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsdf_pipeline.models.layout import is_channels_last
+
 # Index of the last down-sampling ReLU in ``main``: its output is the encoder feature TSDF attacks.
 FEATURE_INDEX = 8
 
@@ -26,7 +28,7 @@ class InputStatsInstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_features, affine=True, track_running_stats=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if is_channels_last(x):
             return channels_last_instance_norm(x, self.weight, self.bias, self.eps)
         return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
