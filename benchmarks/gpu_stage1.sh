@@ -3,8 +3,9 @@
 # the CUDA tests, the default path (bf16 + channels_last + CUDA graphs: steady state and the whole 30-epoch paper
 # run), an eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs
 # in fresh processes, first with an empty Inductor cache (cold) and then again (warm on-disk cache).
-# BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for A/B.
-#   BASELINE_SRC=.bench_old/src bash benchmarks/gpu_stage1.sh
+# BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for A/B;
+# PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
+#   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$(mktemp -d)}
@@ -27,5 +28,9 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empt
   PYTHONPATH=src bench 200 --compile --full-epochs 30 --only-full-run
   echo "## torch.compile + CUDA graphs, whole 30-epoch run, warm Inductor cache (a second process)"
   PYTHONPATH=src bench 120 --compile --full-epochs 30 --only-full-run
+  if [ "${PROFILE_WARM:-0}" = 1 ]; then
+    echo "## the same warm run under the host profiler: where the first epoch's time goes"
+    PYTHONPATH=src bench 150 --compile --full-epochs 30 --only-full-run --host-profile 40
+  fi
 } 2>&1 | tee "$OUT/stage1.txt"
 echo "results in $OUT"

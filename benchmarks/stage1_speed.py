@@ -21,6 +21,7 @@ whole compilation (a second such process finds Inductor's on-disk cache warm).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import random
 import resource
@@ -124,8 +125,11 @@ def _peak(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
-def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device) -> None:
-    """Time ``run_interruption`` over 16 batches x ``epochs`` (fresh stage: clean passes and capture included)."""
+def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device,
+             host_profile: int = 0) -> None:
+    """Time ``run_interruption`` over 16 batches x ``epochs`` (fresh stage: clean passes and capture included).
+    ``host_profile`` N > 0: profile the run's host side and print the N operations and compiler phases taking
+    most wall time (where a cold or warm start spends its time)."""
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(16 * batch, 3, size, size, generator=gen) * 2 - 1
     attrs = torch.randint(0, 2, (16 * batch, 40), generator=gen).float()
@@ -134,10 +138,13 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
     def on_step(step: int, metrics: dict[str, float]) -> None:
         epoch_ends.setdefault(int(metrics["epoch"]), time.perf_counter())
 
+    profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if host_profile
+                else contextlib.nullcontext())
     _sync(device)
     t0 = time.perf_counter()
-    result = run_interruption(victims, images, attrs, dataclasses.replace(cfg, epochs=epochs), callback=on_step)
-    _sync(device)
+    with profiler:
+        result = run_interruption(victims, images, attrs, dataclasses.replace(cfg, epochs=epochs), callback=on_step)
+        _sync(device)
     total = time.perf_counter() - t0
     later = [epoch_ends[e + 1] - epoch_ends[e] for e in range(1, epochs - 1) if e + 1 in epoch_ends]
     steady = f"{sum(later) / len(later):.3f} s/epoch after the first" if later else "n/a"
@@ -146,6 +153,9 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
           f"|w|max {result.w.abs().max():.4f}; peak {_peak(device)}")
     if cfg.compile:
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True))
+    if host_profile:
+        print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=host_profile,
+                                            max_name_column_width=70))
 
 
 def main() -> None:
@@ -160,6 +170,9 @@ def main() -> None:
     parser.add_argument("--only-full-run", action="store_true",
                         help="time only the whole run, in a fresh process (a cold start: compilation included)")
     parser.add_argument("--profile", type=int, default=0, help="print the N kernels taking most device time")
+    parser.add_argument("--host-profile", type=int, default=0,
+                        help="with --full-epochs: print the N host operations / compiler phases of the whole run "
+                             "taking most wall time")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
@@ -184,7 +197,8 @@ def main() -> None:
     if args.only_full_run:
         if not args.full_epochs:
             parser.error("--only-full-run needs --full-epochs")
-        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device)
+        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device,
+                 host_profile=args.host_profile)
         return
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
     stage = _Stage1(prepared, cfg, device, size, n_batches=1)
@@ -218,7 +232,8 @@ def main() -> None:
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile, max_name_column_width=70))
     if args.full_epochs:
-        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device)
+        full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device,
+                 host_profile=args.host_profile)
     if args.skip_plain:
         return
 
