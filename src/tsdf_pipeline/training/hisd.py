@@ -23,7 +23,7 @@ from tsdf_pipeline.models.checkpoints import load_state_dict_strict, read_checkp
 from tsdf_pipeline.models.hisd import HiSDDiscriminator
 from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_grad
 from tsdf_pipeline.training.config import HiSDConfig
-from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset
+from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset, random_horizontal_flip
 
 # Datasets up to this size are kept on the training device (demo / attacker sets at 64-128 px).
 _DEVICE_DATASET_MAX_BYTES = 2 << 30
@@ -66,13 +66,6 @@ def r1_penalty(d_out: Tensor, x: Tensor) -> Tensor:
     """``mean_n sum |d sum(d_out) / d x_n|^2`` (HiSD ``compute_grad2``); ``x`` must require grad."""
     (grad,) = torch.autograd.grad(d_out.float().sum(), x, create_graph=True)
     return grad.float().pow(2).flatten(1).sum(1).mean()
-
-
-def _random_hflip(x: Tensor) -> Tensor:
-    """Upstream augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image of ``x [N,3,H,W]``.
-    (Its ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced.)"""
-    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-    return torch.where(flip, x.flip(3), x)
 
 
 @torch.no_grad()
@@ -189,7 +182,7 @@ class HiSDTrainer(ArchTrainer):
         """``(s_ref, x_ref_trg)``: the style of a batch drawn from tag ``i``'s attribute ``j_trg`` pool and the
         translation of the codes ``e`` with it (``HiSDConfig.ref_w``; not upstream)."""
         G = self.generator
-        x_ref = _random_hflip(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
+        x_ref = random_horizontal_flip(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
         s_ref = G.extract(x_ref, i)
         return s_ref, G.decode(G.translate(e, s_ref, i))
 
@@ -202,7 +195,9 @@ class HiSDTrainer(ArchTrainer):
         j, j_trg = torch.randperm(n_attrs[i])[:2].tolist()
         x, y = self._draw_on_device(sampler.next(self._pool_names[i][j]))
         b = x.shape[0]
-        x = _random_hflip(x)
+        # Upstream augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image (its
+        # ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced).
+        x = random_horizontal_flip(x)
         G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
@@ -244,10 +239,11 @@ class HiSDTrainer(ArchTrainer):
             with torch.no_grad(), self.autocast():
                 s = G.extract(x, i)
                 s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
-                x_trg = G.decode(G.translate(G.encode(x), s_trg, i))
+                e = G.encode(x)
+                x_trg = G.decode(G.translate(e, s_trg, i))
                 x_cyc = G.decode(G.translate(G.encode(x_trg), s, i))
                 if c.ref_w:
-                    s_ref, x_ref_trg = self._reference_translation(sampler, G.encode(x), i, j_trg)
+                    s_ref, x_ref_trg = self._reference_translation(sampler, e, i, j_trg)
 
         # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
