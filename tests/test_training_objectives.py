@@ -122,6 +122,29 @@ def test_attgan_target_scaling() -> None:
         scale_target(att_b, 0.5, "gaussian")
 
 
+@pytest.mark.parametrize("arch", ["stargan", "attgan"])
+def test_gradient_penalty_runs_in_float32_under_autocast(monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
+    """On CUDA the D step runs under bf16 autocast; the penalty's double backward must not (upstream is fp32).
+    Forced here through CPU bf16 autocast, which the trainers use the same way."""
+    import importlib
+
+    module = importlib.import_module(f"tsdf_pipeline.training.{arch}")
+    seen: list[tuple[bool, torch.dtype, torch.dtype, torch.dtype]] = []
+
+    def recording_penalty(critic, real, fake, **kwargs):
+        gp = gradient_penalty(critic, real, fake, **kwargs)
+        seen.append((torch.is_autocast_enabled("cpu"), real.dtype, fake.dtype, gp.dtype))
+        return gp
+
+    monkeypatch.setattr(module, "gradient_penalty", recording_penalty)
+    trainer = tiny_trainer(arch, tiny_dataset(n=4))
+    trainer.use_amp = True
+    with trainer.autocast():
+        assert torch.is_autocast_enabled("cpu")  # the D step around the penalty does run in bf16
+    trainer.train_step(1, BatchSampler({"all": torch.arange(4)}, batch_size=4, seed=0), update_generator=False)
+    assert seen == [(False, torch.float32, torch.float32, torch.float32)]
+
+
 def test_gradient_penalty_of_a_linear_critic() -> None:
     w = torch.full((1, 3, 2, 2), 0.5)  # ||w|| = sqrt(12 * 0.25)
     real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)

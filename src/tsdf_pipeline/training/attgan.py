@@ -3,7 +3,8 @@
 Each iteration is a D step, except every ``n_d + 1``-th one, which is a G step. Target attributes are the
 batch's own in a random order; generator conditions are ``(att*2-1)*thres_int`` (the target optionally
 rescaled at random, ``b_distribution``). G's BatchNorm runs in train mode during training (it also updates
-its running statistics when D's fake images are generated, as upstream); samples use eval mode.
+its running statistics when D's fake images are generated, as upstream); samples use eval mode. The gradient
+penalty is computed in float32 (as upstream) even when the rest of the step runs under bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class AttGANTrainer(ArchTrainer):
                 d_real, dc_real = D(img_a)
                 d_fake, _ = D(img_fake)
                 df_loss = d_fake.float().mean() - d_real.float().mean()
-                df_gp = gradient_penalty(lambda x: D(x)[0], img_a, img_fake, alpha_weighs_real=False)
+                # float32 as upstream (no mixed precision): a bf16 double backward makes the penalty noisy.
+                with torch.autocast(device_type=self.device.type, enabled=False):
+                    df_gp = gradient_penalty(lambda x: D(x)[0], img_a.float(), img_fake.float(),
+                                             alpha_weighs_real=False)
                 dc_loss = F.binary_cross_entropy_with_logits(dc_real.float(), att_a)
                 d_loss = df_loss + c.lambda_gp * df_gp + c.lambda_3 * dc_loss
             self.optimizers["D"].zero_grad(set_to_none=True)
