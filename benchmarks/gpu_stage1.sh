@@ -30,7 +30,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empt
   PYTHONPATH=src bench 120 --compile --full-epochs 30 --only-full-run
   if [ "${PROFILE_WARM:-0}" = 1 ]; then
     echo "## the same warm run under the host profiler: where the first epoch's time goes"
-    PYTHONPATH=src bench 150 --compile --full-epochs 30 --only-full-run --host-profile 40
+    TORCH_LOGS=recompiles PYTHONPATH=src bench 150 --compile --full-epochs 30 --only-full-run --host-profile 60
   fi
 } 2>&1 | tee "$OUT/stage1.txt"
 echo "results in $OUT"
