@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_defense_interruption import SIZE, StandInVictim, data, standins
+from tests.test_defense_interruption import SIZE, StandInVictim, data, record_cudnn_autotune, standins
 from tsdf_pipeline.defense import (
     METHODS,
     CMUAConfig,
@@ -152,3 +152,18 @@ def test_checkpoint_file_errors_name_the_file(tmp_path):
     state = load_state(good, method="cmua", fingerprint={"a": 1}, device="cpu")
     assert (state.epoch, state.batch, state.history) == (1, 2, [{"step": 0, "x": 1.0}])
     assert torch.equal(state.tensors["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize(("method", "module_name", "settings"), [
+    ("tsdf", "interruption", {"epochs": 1}), ("cmua", "cmua", {"epochs": 1}), ("pgd", "pgd", {"iterations": 1}),
+])
+def test_every_optimisation_loop_runs_under_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch, method: str,
+                                                             module_name: str, settings: dict):
+    """Methods are compared under the same cuDNN settings (a no-op on the CPU, where this runs)."""
+    import importlib
+
+    entered = record_cudnn_autotune(monkeypatch, importlib.import_module(f"tsdf_pipeline.defense.{module_name}"))
+    x, attrs = data(2)
+    config = make_config(method, {"batch_size": 2, "device": "cpu", "progress": False, **settings})
+    make_perturbation(method, standins(), x, attrs, config)
+    assert entered == [torch.device("cpu")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -268,6 +270,19 @@ def test_tiny_real_victims_run_in_the_epsilon_ball():
     weights = [last[f"weight/{v.name}"] for v in victims]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert all(torch.isfinite(torch.tensor(list(r.values()), dtype=torch.float64)).all() for r in result.history)
+
+
+def record_cudnn_autotune(monkeypatch: pytest.MonkeyPatch, module: object) -> list[torch.device]:
+    """Replace ``module.cudnn_autotune`` with a context that records the devices it is entered with."""
+    entered: list[torch.device] = []
+
+    @contextlib.contextmanager
+    def recording(device: torch.device) -> Iterator[None]:
+        entered.append(device)
+        yield
+
+    monkeypatch.setattr(module, "cudnn_autotune", recording)
+    return entered
 
 
 def test_cudnn_autotune_is_scoped_to_cuda_runs():

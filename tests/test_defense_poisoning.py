@@ -248,3 +248,13 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="level_weights"):
         PoisoningConfig(level_weights=(1.0, 2.0))
     assert PoisoningConfig(interruption={"epsilon": 0.03}).interruption.epsilon == 0.03
+
+
+def test_poisoning_runs_under_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch):
+    """As stage 1 (a no-op on the CPU, where this runs)."""
+    from tests.test_defense_interruption import record_cudnn_autotune
+    from tsdf_pipeline.defense import poisoning
+
+    entered = record_cudnn_autotune(monkeypatch, poisoning)
+    run(config(epochs=1, steps=1))
+    assert entered == [torch.device("cpu")]

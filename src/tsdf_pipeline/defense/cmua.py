@@ -35,6 +35,7 @@ from tsdf_pipeline.defense.victim_ops import (
     VictimLike,
     autocast,
     check_inputs,
+    cudnn_autotune,
     prepare_victims,
 )
 from tsdf_pipeline.devices import resolve_device
@@ -138,11 +139,12 @@ def run_cmua(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config:
     size = images.shape[-1]
     state = {"w": torch.zeros(1, 3, size, size, device=device)}
     algo = _CMUA(prepared, config, device)
-    final = run_loop(
-        images, attrs40, state,
-        settings=LoopSettings("cmua", config.epochs, config.batch_size, config.checkpoint_every, config.progress),
-        step=algo.step, fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims],
-                                       images.shape),
-        checkpoint_path=checkpoint_path, resume=resume, callback=callback,
-    )
+    with cudnn_autotune(device):  # as stage 1: methods are compared under the same settings
+        final = run_loop(
+            images, attrs40, state,
+            settings=LoopSettings("cmua", config.epochs, config.batch_size, config.checkpoint_every, config.progress),
+            step=algo.step, fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims],
+                                           images.shape),
+            checkpoint_path=checkpoint_path, resume=resume, callback=callback,
+        )
     return InterruptionResult(w=final.tensors["w"].detach().float().cpu(), history=final.history)

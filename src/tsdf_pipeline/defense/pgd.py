@@ -29,6 +29,7 @@ from tsdf_pipeline.defense.victim_ops import (
     VictimLike,
     autocast,
     check_inputs,
+    cudnn_autotune,
     prepare_victims,
 )
 from tsdf_pipeline.devices import resolve_device
@@ -58,24 +59,25 @@ def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: 
     prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
     out = torch.empty(images.shape, dtype=torch.float32)
     starts = range(0, images.shape[0], config.batch_size)
-    for b, start in enumerate(tqdm(starts, desc="pgd", disable=not config.progress)):
-        x = images[start:start + config.batch_size].to(device=device, dtype=torch.float32)
-        attrs = attrs40[start:start + config.batch_size].to(device=device, dtype=torch.float32)
-        targets = [v.targets(attrs, config.targets) for v in prepared]
-        with torch.no_grad(), autocast(device, config.amp):
-            clean = [v.edit(x, t).float() for v, t in zip(prepared, targets)]
-        x_cur = x
-        if config.random_start:
-            gen = make_generator(config.seed, "pgd", b, device=device)
-            x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
-        for _ in range(config.iterations):
-            x_var = x_cur.detach().requires_grad_(True)
-            with autocast(device, config.amp):
-                loss = sum(
-                    F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
-                    for v, t, y in zip(prepared, targets, clean)
-                )
-            (grad,) = torch.autograd.grad(loss, x_var)
-            x_cur = pgd_update(x, x_var.detach(), grad, config.step_size, config.epsilon)
-        out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
+    with cudnn_autotune(device):  # as stage 1: methods are compared under the same settings
+        for b, start in enumerate(tqdm(starts, desc="pgd", disable=not config.progress)):
+            x = images[start:start + config.batch_size].to(device=device, dtype=torch.float32)
+            attrs = attrs40[start:start + config.batch_size].to(device=device, dtype=torch.float32)
+            targets = [v.targets(attrs, config.targets) for v in prepared]
+            with torch.no_grad(), autocast(device, config.amp):
+                clean = [v.edit(x, t).float() for v, t in zip(prepared, targets)]
+            x_cur = x
+            if config.random_start:
+                gen = make_generator(config.seed, "pgd", b, device=device)
+                x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
+            for _ in range(config.iterations):
+                x_var = x_cur.detach().requires_grad_(True)
+                with autocast(device, config.amp):
+                    loss = sum(
+                        F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
+                        for v, t, y in zip(prepared, targets, clean)
+                    )
+                (grad,) = torch.autograd.grad(loss, x_var)
+                x_cur = pgd_update(x, x_var.detach(), grad, config.step_size, config.epsilon)
+            out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
     return out
