@@ -12,7 +12,7 @@ from tests.test_training_engine import tiny_config, tiny_dataset
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
 from tsdf_pipeline.training import HiSDConfig, make_config, train_gan
 from tsdf_pipeline.training.attgan import scale_target
-from tsdf_pipeline.training.dataset import BatchSampler, random_horizontal_flip
+from tsdf_pipeline.training.dataset import BatchSampler, random_color_jitter, random_horizontal_flip
 from tsdf_pipeline.training.hisd import HiSDTrainer, r1_penalty, tag_pools, update_average
 from tsdf_pipeline.training.losses import gradient_penalty
 from tsdf_pipeline.training.stargan import StarGANTrainer, classification_loss, linear_decay_lr
@@ -68,6 +68,37 @@ def test_random_horizontal_flip_mirrors_each_image_with_probability_half() -> No
     assert 0.45 < mirrored.float().mean().item() < 0.55
     torch.manual_seed(0)
     assert torch.equal(random_horizontal_flip(x), y)  # drawn from the global (checkpointed) torch RNG
+
+
+def test_color_jitter_draws_per_image_factors_from_the_global_rng() -> None:
+    gray = torch.zeros(64, 3, 4, 4)  # mid-grey: only brightness acts (contrast, saturation and hue keep grey)
+    torch.manual_seed(0)
+    out = random_color_jitter(gray, 0.1)
+    per_image = out.flatten(1)
+    assert torch.equal(per_image, per_image[:, :1].expand_as(per_image))  # each image stays one flat grey
+    # brightness factor in [0.9, 1.1] on 0.5 (unit range) -> [-0.1, 0.1] in [-1,1]; an own draw per image
+    assert per_image.abs().max() <= 0.1 + 1e-6 and per_image[:, 0].unique().numel() == 64
+    torch.manual_seed(0)
+    assert torch.equal(random_color_jitter(gray, 0.1), out)
+    colour = torch.rand(8, 3, 6, 6) * 2 - 1
+    jittered = random_color_jitter(colour, 0.1)
+    assert jittered.min() >= -1 and jittered.max() <= 1 and not torch.allclose(jittered, colour, atol=1e-3)
+    state = torch.get_rng_state()
+    assert random_color_jitter(colour, 0.0) is colour and torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.1])
+def test_hisd_jitters_real_images_before_the_flip(monkeypatch: pytest.MonkeyPatch, strength: float) -> None:
+    """Upstream HiSD's loader: ColorJitter(0.1, 0.1, 0.1, 0.1), then RandomHorizontalFlip (default on)."""
+    from tsdf_pipeline.training import hisd
+
+    assert make_config("hisd").color_jitter == 0.1
+    seen: list[torch.Tensor] = []
+    monkeypatch.setattr(hisd, "random_horizontal_flip", lambda x: seen.append(x.clone()) or x)
+    trainer, _ = _hisd_after_one_step(color_jitter=strength)
+    originals = trainer.dataset.images.flatten(1)
+    nearest = torch.cdist(seen[0].flatten(1), originals, p=float("inf")).min(1).values
+    assert bool((nearest == 0).all()) if strength == 0 else bool((nearest > 1e-3).all())
 
 
 @pytest.mark.parametrize("arch", ["stargan", "attentiongan"])

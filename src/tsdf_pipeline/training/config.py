@@ -178,6 +178,7 @@ class HiSDConfig(TrainConfig):
     grad_clip: float = 100.0
     ali_w: float = 1.0  # scales the gradient of G's loss on (real image, extracted style) pairs to the extractor
     ref_w: float = 0.0  # weight of the reference-guided translation term (not upstream; 0: off)
+    color_jitter: float = 0.1  # upstream loader's ColorJitter(0.1, 0.1, 0.1, 0.1) per image (0: off)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchvision.transforms import ColorJitter
 
 
 class TensorFaceDataset:
@@ -58,6 +59,19 @@ def random_horizontal_flip(images: Tensor, p: float = 0.5) -> Tensor:
     """
     flip = (torch.rand(images.shape[0]) < p).to(images.device)
     return torch.where(flip.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
+
+
+def random_color_jitter(images: Tensor, strength: float) -> Tensor:
+    """torchvision ``ColorJitter(strength, strength, strength, strength)`` with its own draw per image of
+    ``[N,3,H,W]`` in [-1,1] (HiSD's training loader, upstream ``core/utils.py``); returns float in [-1,1].
+
+    Factors and the order of the four adjustments come from the global CPU torch RNG, like the flips; strength 0
+    returns ``images`` unchanged and draws nothing.
+    """
+    if strength == 0:
+        return images
+    jitter = ColorJitter(strength, strength, strength, strength)
+    return torch.stack([jitter((img.float() + 1) / 2) for img in images]) * 2 - 1
 
 
 class BatchSampler:

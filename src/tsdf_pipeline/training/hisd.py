@@ -23,7 +23,12 @@ from tsdf_pipeline.models.checkpoints import load_state_dict_strict, read_checkp
 from tsdf_pipeline.models.hisd import HiSDDiscriminator
 from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_grad
 from tsdf_pipeline.training.config import HiSDConfig
-from tsdf_pipeline.training.dataset import BatchSampler, TensorFaceDataset, random_horizontal_flip
+from tsdf_pipeline.training.dataset import (
+    BatchSampler,
+    TensorFaceDataset,
+    random_color_jitter,
+    random_horizontal_flip,
+)
 
 # Datasets up to this size are kept on the training device (demo / attacker sets at 64-128 px).
 _DEVICE_DATASET_MAX_BYTES = 2 << 30
@@ -170,6 +175,13 @@ class HiSDTrainer(ArchTrainer):
         rows = rows.to(self.device, non_blocking=True)
         return self._device_images.index_select(0, rows), self._device_conditions.index_select(0, rows)
 
+    def _augment(self, x: Tensor) -> Tensor:
+        """Upstream's loader (core/utils.py ``get_data_iters``): ColorJitter, then RandomHorizontalFlip, per image.
+        Its Resize + RandomCrop to the same size are no-ops here: the data are already square at the model size
+        (so the jitter acts after the resize rather than before it)."""
+        x = random_color_jitter(x, self.config.color_jitter)
+        return self.to_input(random_horizontal_flip(x))
+
     def _batched(self, fn: Any, *args: tuple[Tensor, ...]) -> list[Tensor]:
         """``[fn(*a) for a in args]``. The decoder, translators and D treat every sample on its own (instance
         norms only), so on CUDA the calls run as one concatenated batch: same values, a third of the kernel
@@ -182,7 +194,7 @@ class HiSDTrainer(ArchTrainer):
         """``(s_ref, x_ref_trg)``: the style of a batch drawn from tag ``i``'s attribute ``j_trg`` pool and the
         translation of the codes ``e`` with it (``HiSDConfig.ref_w``; not upstream)."""
         G = self.generator
-        x_ref = random_horizontal_flip(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
+        x_ref = self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
         s_ref = G.extract(x_ref, i)
         return s_ref, G.decode(G.translate(e, s_ref, i))
 
@@ -195,9 +207,7 @@ class HiSDTrainer(ArchTrainer):
         j, j_trg = torch.randperm(n_attrs[i])[:2].tolist()
         x, y = self._draw_on_device(sampler.next(self._pool_names[i][j]))
         b = x.shape[0]
-        # Upstream augmentation (core/utils.py get_data_iters): RandomHorizontalFlip per image (its
-        # ColorJitter(0.1, 0.1, 0.1, 0.1) is not reproduced).
-        x = random_horizontal_flip(x)
+        x = self._augment(x)
         G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
         D.train()
 
