@@ -2,9 +2,11 @@
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
 # the CUDA tests, the default path (bf16 + channels_last + CUDA graphs: steady state and the whole 30-epoch paper
 # run), an eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs
-# in fresh processes, first with an empty Inductor cache (cold) and then again (warm on-disk cache).
+# in fresh processes, first with an empty Inductor cache (cold) and then again (warm on-disk cache), and the step
+# compiled ahead of time (`aot_cache_dir`), first building its package and then loading it.
 # BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for A/B;
-# PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
+# PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more); AOT_ONLY=1 runs the tests and
+# the two AOT rows alone (the whole script may not fit one 10-minute device call).
 #   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1
@@ -16,6 +18,7 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
 PYTHONPATH=src python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empty: the first compiled run is cold
 {
+  if [ "${AOT_ONLY:-0}" != 1 ]; then
   echo "## default: CUDA graphs, steady state and the whole 30-epoch run"
   PYTHONPATH=src bench 150 --batches 8 --full-epochs 30 --skip-plain
   if [ -n "${BASELINE_SRC:-}" ]; then
@@ -28,6 +31,11 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empt
   PYTHONPATH=src bench 200 --compile --full-epochs 30 --only-full-run
   echo "## torch.compile + CUDA graphs, whole 30-epoch run, warm Inductor cache (a second process)"
   PYTHONPATH=src bench 120 --compile --full-epochs 30 --only-full-run
+  fi
+  echo "## AOT-compiled step (AOTInductor package) + CUDA graphs, whole 30-epoch run: cold (builds it), warm (loads it)"
+  AOT=$(mktemp -d)
+  PYTHONPATH=src bench 400 --aot-cache "$AOT" --full-epochs 30 --only-full-run
+  PYTHONPATH=src bench 120 --aot-cache "$AOT" --full-epochs 30 --only-full-run
   if [ "${PROFILE_WARM:-0}" = 1 ]; then
     echo "## the same warm run under the host profiler: where the first epoch's time goes"
     TORCH_LOGS=recompiles PYTHONPATH=src bench 150 --compile --full-epochs 30 --only-full-run --host-profile 60

@@ -5,6 +5,7 @@ Usage (torch alone, no kedro)::
     python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--no-graphs] [--batches 6]
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
+    python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, default=4, help="timed batches (after one warm-up batch)")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--aot-cache", default=None, metavar="DIR",
+                        help="compile the batch step ahead of time (AOTInductor) into DIR; a later run loads it")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
     parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")
@@ -188,9 +191,10 @@ def main() -> None:
     x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
     attrs = torch.randint(0, 2, (batch, 40), generator=gen).float().to(device)
     cfg = InterruptionConfig(batch_size=batch, device=str(device), amp=not args.no_amp, compile=args.compile,
-                             cuda_graphs=not args.no_graphs, progress=False)
+                             cuda_graphs=not args.no_graphs, aot_cache_dir=args.aot_cache, progress=False)
     steps = cfg.inner_steps + 1
     print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
+          f"aot={cfg.aot_cache_dir} "
           f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 

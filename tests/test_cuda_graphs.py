@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the stage-1 step: refused on the CPU; on a GPU it gives the eager loop's result."""
+"""CUDA-graph replay (alone and around an AOT-compiled step) of stage 1: refused on the CPU, eager results on a GPU."""
 
 from __future__ import annotations
 
@@ -41,3 +41,18 @@ def test_graphed_stage1_matches_the_eager_loop():
     agree = (eager.w == graphed.w).float().mean().item()
     assert agree > 0.99, f"only {agree:.4f} of w agrees"
     assert eager.history[-1]["e2e/loss"] == pytest.approx(graphed.history[-1]["e2e/loss"], rel=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp", [False, True])
+def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
+    """AOTInductor package + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
+    from tests.test_defense_interruption import data, standins
+
+    x, attrs = data(6)
+    base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3)
+    eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base, cuda_graphs=False))
+    compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
+    agree = (eager.w == compiled.w).float().mean().item()
+    assert agree > (0.99 if not amp else 0.9), f"only {agree:.4f} of w agrees"
+    assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-3 if amp else 1e-4)

@@ -25,11 +25,15 @@ Differences from the release, none of which changes the update:
   gets draw ``m``).
 * On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
   that size: the same kernels without the host's launch overhead.
+* ``aot_cache_dir``: the batch step (the same pure tensor function) is traced once, compiled ahead of time with
+  AOTInductor and stored there; a later run with the same victims, weights, config and shapes loads it instead of
+  compiling (``aot_compile``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.feature_contrast import (
     enhance_feature_contrast,
@@ -51,7 +56,7 @@ from tsdf_pipeline.defense.input_diversity import (
     sample_diversity,
 )
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
-from tsdf_pipeline.defense.state import config_fingerprint, make_generator
+from tsdf_pipeline.defense.state import config_fingerprint, make_generator, tensor_digest
 from tsdf_pipeline.defense.victim_ops import (
     AttackSettings,
     PreparedVictim,
@@ -66,7 +71,7 @@ from tsdf_pipeline.devices import resolve_device
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.
 RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "checkpoint_every", "progress",
-                  "cache_clean")
+                  "cache_clean", "aot_cache_dir")
 
 
 @dataclass
@@ -95,6 +100,7 @@ class InterruptionConfig(AttackSettings):
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
+    aot_cache_dir: str | None = None  # compile the batch step ahead of time (AOTInductor) and keep it here
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -163,8 +169,19 @@ class _Stage1:
         self.cache: dict[int, _CleanPass] = {}
         self.plan: DiversityDraw | None = None
         self._graph_targets: list[Any] | None = None
-        self.graphed = (GraphedFunction(self._graph_step)
-                        if config.cuda_graphs and device.type == "cuda" else None)
+        # The batch step over tensors only, compiled ahead of time and/or replayed as a CUDA graph (None: eager).
+        self.tensor_step: Callable[..., Any] | None = None
+        if config.aot_cache_dir is not None:
+            self.tensor_step = AotCompiledFunction(self._graph_step, config.aot_cache_dir, self._aot_key())
+        if config.cuda_graphs and device.type == "cuda":
+            self.tensor_step = GraphedFunction(self.tensor_step or self._graph_step)
+
+    def _aot_key(self) -> dict[str, Any]:
+        """Everything an ahead-of-time package bakes in besides its inputs: config, victims and their weights."""
+        fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUNTIME_FIELDS}
+        victims = {v.name: [v.arch, v.channels_last, [tensor_digest(t) for t in v.victim.state_dict().values()]]
+                   for v in self.victims}
+        return {"stage": "tsdf-stage1-batch", "config": fields, "victims": victims}
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.config
@@ -297,14 +314,14 @@ class _Stage1:
         clean = self.clean_pass(batch, x, attrs40)
         draws = self.tables(batch)
         current = {k: state[k] for k in ("w", "momentum", "ema", "weights")}
-        if self.graphed is None:
+        if self.tensor_step is None:
             new, records = self.batch_step(x, clean, draws, current)
         else:
             # Target names are fixed per victim; only the condition tensors travel through the graph.
             self._graph_targets = clean.targets
             tensors = {"conds": [t.cond for t in clean.targets], "outputs": clean.outputs,
                        "features": clean.features, "feature_map": clean.feature_map}
-            new, records = self.graphed(x, tensors, (draws.index, draws.valid), current)
+            new, records = self.tensor_step(x, tensors, (draws.index, draws.valid), current)
         state.update(new)
         return records
 

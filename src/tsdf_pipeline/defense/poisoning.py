@@ -433,7 +433,7 @@ def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], ima
     device = resolve_device(config.device)
     # Stage 2 calls stage 1's steps around the poisoning step, which is not graph-captured.
     stage1_config = dataclasses.replace(icfg, epochs=config.epochs, device=str(device), cuda_graphs=False,
-                                        seed=derive_seed(config.seed, "tsdf-stage2-plan"))
+                                        aot_cache_dir=None, seed=derive_seed(config.seed, "tsdf-stage2-plan"))
     prepared = prepare_victims(victims, device, channels_last=icfg.channels_last, compile=icfg.compile)
     for det in selected.values():
         det.requires_grad_(False)

@@ -35,6 +35,11 @@ def make_generator(seed: int, *keys: object, device: torch.device | str = "cpu")
     return gen
 
 
+def tensor_digest(t: Tensor) -> str:
+    """sha256 of a tensor's bytes (CPU, contiguous, any dtype): names the exact data or weights a run used."""
+    return hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 def config_fingerprint(config: Any, runtime_fields: tuple[str, ...], victim_names: list[str],
                        image_shape: Sequence[int]) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed: the config without ``runtime_fields``, victims, data shape."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -46,6 +46,7 @@ class VictimLike(Protocol):
     def edit_with_feature(self, x: Tensor, t: Any) -> tuple[Tensor, Tensor]: ...
     def feature(self, x: Tensor, t: Any) -> Tensor: ...
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
+    def state_dict(self) -> Mapping[str, Tensor]: ...
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:

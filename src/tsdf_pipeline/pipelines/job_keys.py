@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def job_checkpoint(folder: str | Path, name: str, *parts: Any) -> Path:
     """``folder/<name>-<hash>.pt``: the same job (same config, victims, data) finds its checkpoint again,
@@ -16,7 +14,3 @@ def job_checkpoint(folder: str | Path, name: str, *parts: Any) -> Path:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return Path(folder) / f"{name}-{hashlib.sha256(blob).hexdigest()[:16]}.pt"
 
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (CPU, contiguous): names the exact data a job ran on."""
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -10,8 +10,9 @@ import pandas as pd
 
 from tsdf_pipeline.defense.interruption import RUNTIME_FIELDS
 from tsdf_pipeline.defense.methods import make_config, make_perturbation
+from tsdf_pipeline.defense.state import tensor_digest
 from tsdf_pipeline.models.ensemble import load_ensemble
-from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from typing import Any
 import pandas as pd
 
 from tsdf_pipeline.defense.poisoning import PoisoningConfig, run_poisoning
+from tsdf_pipeline.defense.state import tensor_digest
 from tsdf_pipeline.models.ensemble import file_sha256, load_ensemble
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
-from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint
 
 log = logging.getLogger(__name__)
 

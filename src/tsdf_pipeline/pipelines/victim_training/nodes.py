@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from tsdf_pipeline.defense.state import tensor_digest
 from tsdf_pipeline.models.checkpoints import read_checkpoint
 from tsdf_pipeline.models.ensemble import file_sha256
 from tsdf_pipeline.models.registry import ARCHS
-from tsdf_pipeline.pipelines.job_keys import job_checkpoint, tensor_digest
+from tsdf_pipeline.pipelines.job_keys import job_checkpoint
 from tsdf_pipeline.training.config import RUNTIME_FIELDS
 from tsdf_pipeline.training.engine import SAMPLES_DIR
 from tsdf_pipeline.training.recipes import recipe_config, train_recipe

@@ -1,0 +1,68 @@
+"""Stage 1's batch step compiled ahead of time (AOTInductor): same result as eager, reused across runs."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch.utils._pytree import tree_flatten
+
+from tests.test_defense_interruption import data, standins
+from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
+from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
+from tsdf_pipeline.defense.state import tensor_digest
+
+
+def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_package(tmp_path, monkeypatch):
+    x, attrs = data(4)
+    base = dict(epochs=2, batch_size=2, device="cpu", progress=False, seed=3)
+    eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
+    config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
+    compiled = run_interruption(standins(), x, attrs, config)
+    packages = sorted(p.name for p in (tmp_path / "aot").iterdir())
+    assert len(packages) == 2 and packages[0].endswith(".json") and packages[1].endswith(".pt2")
+    # Inductor may reorder float sums; a sign step flips only where a gradient is ~0.
+    assert (eager.w == compiled.w).float().mean().item() > 0.99
+    assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
+
+    def no_compile(*_args, **_kwargs):
+        raise AssertionError("the package of the first run should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    again = run_interruption(standins(), x, attrs, config)
+    assert torch.equal(again.w, compiled.w) and again.history == compiled.history
+    other_weights = standins()
+    with torch.no_grad():
+        next(other_weights[0].parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="should have been loaded"):  # new weights: a new package
+        run_interruption(other_weights, x, attrs, config)
+
+
+def test_package_names_cover_key_and_input_signature(tmp_path):
+    fn = AotCompiledFunction(lambda a: a * 2, tmp_path, key={"weights": "abc"})
+    a, spec = [torch.zeros(2, 3)], tree_flatten((torch.zeros(1),))[1]
+    path = fn.package_path(a, spec)
+    assert path.parent == tmp_path and path.suffix == ".pt2"
+    assert path == AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abc"}).package_path(a, spec)
+    assert path != AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abd"}).package_path(a, spec)
+    assert path != fn.package_path([torch.zeros(3, 2)], spec)
+    assert path != fn.package_path([torch.zeros(2, 3, dtype=torch.float64)], spec)
+    assert path != fn.package_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
+
+
+def test_tensor_digest_reads_the_bytes_of_any_dtype():
+    t = torch.arange(6, dtype=torch.float32).view(2, 3)
+    assert tensor_digest(t) == hashlib.sha256(t.numpy().tobytes()).hexdigest()  # job keys of earlier runs hold
+    assert tensor_digest(t.t()) != tensor_digest(t)
+    assert tensor_digest(t.bfloat16()) != tensor_digest(t.half())
+
+
+def test_a_damaged_package_is_named_in_the_error(tmp_path):
+    fn = AotCompiledFunction(lambda a: (a * 2,), tmp_path, key="k")
+    a = torch.ones(2)
+    path = fn.package_path([a], tree_flatten((a,))[1])
+    path.write_bytes(b"not a package")
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(RuntimeError, match=rf"{path.name}: cannot load .* delete both files"):
+        fn(a)
