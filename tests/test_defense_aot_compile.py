@@ -66,3 +66,22 @@ def test_a_damaged_package_is_named_in_the_error(tmp_path):
     path.with_suffix(".json").write_text("{}")
     with pytest.raises(RuntimeError, match=rf"{path.name}: cannot load .* delete both files"):
         fn(a)
+
+
+def test_autocast_and_autograd_inside_the_function_are_compiled_in(tmp_path):
+    """What stage 1 does on CUDA (bf16 autocast around the victims, an input gradient), here with CPU bf16 autocast:
+    the package computes in bf16 like the eager function, not in fp32."""
+
+    def fn(a, w):
+        a = a.detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.nn.functional.conv2d(a, w)
+        (grad,) = torch.autograd.grad(y.float().square().mean(), a)
+        return {"y": y.float(), "grad": grad}
+
+    gen = torch.Generator().manual_seed(0)
+    a, w = torch.randn(2, 3, 16, 16, generator=gen), torch.randn(5, 3, 3, 3, generator=gen)
+    eager, compiled = fn(a, w), AotCompiledFunction(fn, tmp_path, key="autocast")(a, w)
+    torch.testing.assert_close(compiled["y"], eager["y"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(compiled["grad"], eager["grad"], rtol=1e-3, atol=1e-6)
+    assert (compiled["y"] - torch.nn.functional.conv2d(a, w)).abs().max() > 1e-3  # bf16, not fp32
