@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -32,6 +33,8 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_package(tmp_p
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
     again = run_interruption(standins(), x, attrs, config)
     assert torch.equal(again.w, compiled.w) and again.history == compiled.history
+    other_seed = run_interruption(standins(), x, attrs, dataclasses.replace(config, seed=4))  # same package
+    assert not torch.equal(other_seed.w, compiled.w)
     other_weights = standins()
     with torch.no_grad():
         next(other_weights[0].parameters()).add_(1.0)
