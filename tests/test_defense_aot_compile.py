@@ -88,3 +88,23 @@ def test_autocast_and_autograd_inside_the_function_are_compiled_in(tmp_path):
     torch.testing.assert_close(compiled["y"], eager["y"], rtol=0, atol=1e-6)
     torch.testing.assert_close(compiled["grad"], eager["grad"], rtol=1e-3, atol=1e-6)
     assert (compiled["y"] - torch.nn.functional.conv2d(a, w)).abs().max() > 1e-3  # bf16, not fp32
+
+
+def test_the_package_key_covers_victim_settings_and_non_persistent_buffers():
+    """HiSD keeps its reference image in a non-persistent buffer and its tag in ``describe()``."""
+    from tsdf_pipeline.defense.interruption import _Stage1
+    from tsdf_pipeline.defense.victim_ops import prepare_victims
+
+    def key(victims):
+        prepared = prepare_victims(victims, torch.device("cpu"), channels_last=False, compile=False)
+        return _Stage1(prepared, InterruptionConfig(device="cpu"), torch.device("cpu"), 8, 1)._aot_key()
+
+    victims = standins()
+    victims[0].register_buffer("reference", torch.zeros(1, 3, 8, 8), persistent=False)
+    before = key(victims)
+    assert key(victims) == before and key(standins()) != before
+    victims[0].reference.add_(1.0)
+    assert key(victims) != before
+    victims[0].reference.sub_(1.0)
+    victims[0].arch = "hisd"  # describe() changes
+    assert key(victims) != before

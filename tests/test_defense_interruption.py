@@ -65,6 +65,9 @@ class StandInVictim(nn.Module):
     def edit(self, x: torch.Tensor, t: Targets) -> torch.Tensor:
         return self.edit_with_feature(x, t)[0]
 
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "arch": self.arch}
+
 
 def standins() -> list[StandInVictim]:
     return [StandInVictim("a", "stargan", 0), StandInVictim("b", "attgan", 1, channels=6)]

@@ -177,10 +177,12 @@ class _Stage1:
             self.tensor_step = GraphedFunction(self.tensor_step or self._graph_step)
 
     def _aot_key(self) -> dict[str, Any]:
-        """Everything an ahead-of-time package bakes in besides its inputs: config, victims and their weights.
-        The seed is not: the step draws nothing (its random tables are inputs), so seeds share a package."""
+        """Everything an ahead-of-time package bakes in besides its inputs: the config, each victim's settings
+        (``describe()``, e.g. HiSD's tag), layout, parameters and buffers (e.g. HiSD's reference image). The seed
+        is not: the step draws nothing (its random tables are inputs), so seeds share a package."""
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in (*RUNTIME_FIELDS, "seed")}
-        victims = {v.name: [v.arch, v.channels_last, [tensor_digest(t) for t in v.victim.state_dict().values()]]
+        victims = {v.name: [v.victim.describe(), v.channels_last,
+                            [tensor_digest(t) for t in [*v.victim.parameters(), *v.victim.buffers()]]]
                    for v in self.victims}
         return {"stage": "tsdf-stage1-batch", "config": fields, "victims": victims}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -34,7 +34,8 @@ class VictimLike(Protocol):
 
     ``targets(attrs40 [N,40] in {0,1}, mode)`` -> ``EditTargets(names: list[str], cond: [T,N,...])``;
     ``edit(x [N,3,H,W] in [-1,1], t)`` -> ``[T,N,3,H,W]``; ``edit_with_feature`` -> ``(out, feat [T,N,C,h,w])``;
-    ``feature(x, t)`` -> ``[T,N,C,h,w]`` (the middle feature TSDF stage 1 attacks).
+    ``feature(x, t)`` -> ``[T,N,C,h,w]`` (the middle feature TSDF stage 1 attacks). ``describe()``: its
+    settings besides the weights (attributes, target names, options), JSON-serialisable.
     """
 
     name: str
@@ -46,7 +47,9 @@ class VictimLike(Protocol):
     def edit_with_feature(self, x: Tensor, t: Any) -> tuple[Tensor, Tensor]: ...
     def feature(self, x: Tensor, t: Any) -> Tensor: ...
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
-    def state_dict(self) -> Mapping[str, Tensor]: ...
+    def parameters(self) -> Iterator[Tensor]: ...
+    def buffers(self) -> Iterator[Tensor]: ...
+    def describe(self) -> dict[str, Any]: ...
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
