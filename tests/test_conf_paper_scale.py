@@ -51,3 +51,13 @@ def test_paper_scale_stage2_embeds_the_paper_stage1(paper_params: dict[str, Any]
     assert differences(config.interruption, method_config("tsdf", {"device": "auto"})) == {}
     assert config.detectors == ["retinaface", "s3fd", "dsfd"]
     assert (config.steps, config.epochs) == (50, 30)
+
+
+def test_paper_scale_data_and_victims_are_the_papers(paper_params: dict[str, Any]) -> None:
+    """256 px CMUA crops, the first 128 training images, official generator sizes (no demo widths)."""
+    data = paper_params["data_ingestion"]
+    assert (data["image_size"], data["crop_size"]) == (256, 170)
+    assert (data["optimisation"]["split"], data["optimisation"]["count"]) == ("train", 128)
+    victims = paper_params["model_loading"]["victims"]
+    assert set(paper_params["model_loading"]["ensemble"]) == {"stargan", "attentiongan", "attgan", "hisd"}
+    assert all(spec["config"] is None for spec in victims.values())  # None: the official architecture sizes
