@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_defense_interruption import record_cudnn_autotune
+from tsdf_pipeline.defense import poisoning
 from tsdf_pipeline.defense.detector_losses import (
     feature_inversion_terms,
     fused_feature_size,
@@ -252,9 +254,6 @@ def test_bad_inputs_are_named():
 
 def test_poisoning_runs_under_cudnn_autotuning(monkeypatch: pytest.MonkeyPatch):
     """As stage 1 (a no-op on the CPU, where this runs)."""
-    from tests.test_defense_interruption import record_cudnn_autotune
-    from tsdf_pipeline.defense import poisoning
-
     entered = record_cudnn_autotune(monkeypatch, poisoning)
     run(config(epochs=1, steps=1))
     assert entered == [torch.device("cpu")]

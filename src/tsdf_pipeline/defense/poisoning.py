@@ -431,7 +431,8 @@ def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], ima
                          "pass the stage-1 result for the same interruption.epsilon")
     selected = _select_detectors(detectors, config)
     device = resolve_device(config.device)
-    # Stage 2 calls stage 1's steps around the poisoning step, which is not graph-captured.
+    # Stage 2 calls stage 1's steps around the poisoning step, which is neither graph-captured nor compiled
+    # ahead of time.
     stage1_config = dataclasses.replace(icfg, epochs=config.epochs, device=str(device), cuda_graphs=False,
                                         aot_cache_dir=None, seed=derive_seed(config.seed, "tsdf-stage2-plan"))
     prepared = prepare_victims(victims, device, channels_last=icfg.channels_last, compile=icfg.compile)
