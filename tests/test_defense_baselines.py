@@ -17,7 +17,7 @@ from tsdf_pipeline.defense import (
 )
 from tsdf_pipeline.defense.cmua import cmua_order, cmua_update, run_cmua
 from tsdf_pipeline.defense.pgd import pgd_update, run_pgd
-from tsdf_pipeline.defense.state import LoopState, load_state, save_state
+from tsdf_pipeline.defense.state import LoopState, load_state, make_generator, save_state
 
 
 def test_cmua_single_update_by_hand():
@@ -99,6 +99,25 @@ def test_pgd_batches_do_not_interact():
     together = run_pgd(victims, x, attrs, PGDConfig(**{**config.__dict__, "batch_size": 3}))
     alone = run_pgd(victims, x, attrs, PGDConfig(**{**config.__dict__, "batch_size": 1}))
     torch.testing.assert_close(together, alone)
+
+
+def test_pgd_step_ascends_the_loss_summed_over_victims():
+    """One iteration is the sign step of the joint loss over every victim's targets, although the loop
+    back-propagates one victim at a time."""
+    victims = standins()
+    x, attrs = data(2)
+    delta = run_pgd(victims, x, attrs, PGDConfig(iterations=1, seed=3, device="cpu", progress=False))
+    start = x + 0.05 * (torch.rand(x.shape, generator=make_generator(3, "pgd", 0, device="cpu")) * 2 - 1)
+    x_var = start.clone().requires_grad_(True)
+    loss = 0.0
+    for v in victims:
+        t = v.targets(attrs.float(), "all")
+        with torch.no_grad():
+            clean = v.edit(x, t)
+        loss = loss + F.mse_loss(v.edit(x_var, t), clean, reduction="none").flatten(1).mean(1).sum()
+    (grad,) = torch.autograd.grad(loss, x_var)
+    assert (grad != 0).all()
+    torch.testing.assert_close(delta, pgd_update(x, start, grad, 0.01, 0.05) - x)
 
 
 def test_pgd_update_by_hand():

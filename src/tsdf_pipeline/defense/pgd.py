@@ -72,12 +72,13 @@ def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: 
                 x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
             for _ in range(config.iterations):
                 x_var = x_cur.detach().requires_grad_(True)
-                with autocast(device, config.amp):
-                    loss = sum(
-                        F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
-                        for v, t, y in zip(prepared, targets, clean)
-                    )
-                (grad,) = torch.autograd.grad(loss, x_var)
+                grad = torch.zeros_like(x_var)
+                # One backward per victim: the gradient of the summed loss, with one victim's graph alive at a
+                # time (all targets of all four official victims at 256 px do not fit in memory together).
+                for v, t, y in zip(prepared, targets, clean):
+                    with autocast(device, config.amp):
+                        loss = F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
+                    grad += torch.autograd.grad(loss, x_var)[0]
                 x_cur = pgd_update(x, x_var.detach(), grad, config.step_size, config.epsilon)
             out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
     return out
