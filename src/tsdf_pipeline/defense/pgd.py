@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from tsdf_pipeline.defense.state import make_generator
 from tsdf_pipeline.defense.victim_ops import (
     AttackSettings,
+    PreparedVictim,
     VictimLike,
     autocast,
     check_inputs,
@@ -52,6 +53,20 @@ def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon
     return (x_nat + eta).clamp(-1.0, 1.0)
 
 
+def joint_gradient(victims: list[PreparedVictim], targets: list, clean: list[Tensor], x: Tensor, *,
+                   amp: bool) -> Tensor:
+    """``∂/∂x`` of ``Σ_victims Σ_targets MSE(G(x, t), clean)`` (each MSE a mean per image, summed over the
+    batch), ``[N,3,H,W]`` fp32. One backward per victim: the same gradient as one backward of the sum, with one
+    victim's graph alive at a time (all targets of the four official victims at 256 px do not fit together)."""
+    x_var = x.detach().requires_grad_(True)
+    grad = torch.zeros_like(x_var)
+    for v, t, y in zip(victims, targets, clean, strict=True):
+        with autocast(x.device, amp):
+            loss = F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
+        grad += torch.autograd.grad(loss, x_var)[0]
+    return grad
+
+
 def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: PGDConfig) -> Tensor:
     """Per-image perturbations ``[N,3,H,W]`` (CPU fp32, ``‖δ_i‖∞ ≤ ε``, ``x_i + δ_i`` in [-1,1]), one per image."""
     check_inputs("pgd", victims, images, attrs40)
@@ -71,14 +86,7 @@ def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: 
                 gen = make_generator(config.seed, "pgd", b, device=device)
                 x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
             for _ in range(config.iterations):
-                x_var = x_cur.detach().requires_grad_(True)
-                grad = torch.zeros_like(x_var)
-                # One backward per victim: the gradient of the summed loss, with one victim's graph alive at a
-                # time (all targets of all four official victims at 256 px do not fit in memory together).
-                for v, t, y in zip(prepared, targets, clean):
-                    with autocast(device, config.amp):
-                        loss = F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
-                    grad += torch.autograd.grad(loss, x_var)[0]
-                x_cur = pgd_update(x, x_var.detach(), grad, config.step_size, config.epsilon)
+                grad = joint_gradient(prepared, targets, clean, x_cur, amp=config.amp)
+                x_cur = pgd_update(x, x_cur, grad, config.step_size, config.epsilon)
             out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
     return out
