@@ -36,6 +36,8 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empt
   AOT=$(mktemp -d)
   PYTHONPATH=src bench 400 --aot-cache "$AOT" --full-epochs 30 --only-full-run
   PYTHONPATH=src bench 120 --aot-cache "$AOT" --full-epochs 30 --only-full-run
+  echo "## the same package without CUDA graphs (what graphs add; the fallback if capturing AOTInductor kernels fails)"
+  PYTHONPATH=src bench 120 --aot-cache "$AOT" --no-graphs --full-epochs 30 --only-full-run
   if [ "${PROFILE_WARM:-0}" = 1 ]; then
     echo "## the same warm run under the host profiler: where the first epoch's time goes"
     TORCH_LOGS=recompiles PYTHONPATH=src bench 150 --compile --full-epochs 30 --only-full-run --host-profile 60
