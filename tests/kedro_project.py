@@ -31,14 +31,16 @@ def make_project(tmp_path: Path, local_params: dict[str, Any] | None = None,
     return project
 
 
-def run_project(project: Path, monkeypatch, pipeline: str | None = None, env: str | None = None, **kwargs) -> dict:
-    """``kedro run`` in ``project`` with an MLflow sqlite store inside it; returns the run's free outputs."""
+def run_project(project: Path, monkeypatch, pipeline: str | None = None, env: str | None = None,
+                runtime_params: dict[str, Any] | None = None, **kwargs) -> dict:
+    """``kedro run [--env ENV] [--params …]`` in ``project`` with an MLflow sqlite store inside it; returns the
+    run's free outputs."""
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(project / 'mlflow.db').as_posix()}")
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
     bootstrap_project(project)
     try:
-        with KedroSession.create(project_path=project, env=env) as session:
+        with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
             return session.run(pipeline_names=[pipeline] if pipeline else None, **kwargs)
     finally:
         while (run := mlflow.active_run()) is not None:  # kedro-mlflow leaves a failed run active
