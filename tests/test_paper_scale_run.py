@@ -4,12 +4,14 @@ Everything the paper-scale environment reads is put where ``conf/celeba`` expect
 official layout (random pixels, 60 images), the four victims at their official sizes and the three optimised detectors in
 their official checkpoint formats (random weights, seeded), and HiSD's glasses reference. Only the counts are cut
 (runtime parameters, as ``kedro run --params`` would): 2 optimisation images, 2 evaluation images, 28 attacker photos, one batch, one
-PGD iteration, one detector step, two fine-tuning iterations. About 20 minutes on 2 CPU cores, hence ``slow``:
+PGD iteration, one detector step, two fine-tuning iterations. 20 minutes on 2 CPU cores, hence ``slow``:
 the demo-size pipeline tests run the same nodes; this one checks the paper-scale wiring (official sizes at 256 px,
 every target, the release's detectors, HiSD fine-tuned from its checkpoint).
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -57,8 +59,16 @@ def paper_scale_workspace(project) -> None:
     Image.fromarray(pixels).save(project / "data/01_raw/hisd/reference_glasses_2.jpg")
 
 
-def test_default_run_at_paper_scale(tmp_path, monkeypatch):
+@pytest.fixture
+def project(tmp_path):
+    """The project copy; its data (≈ 4.5 GB: official-size weights, the attacker's HiSD training states for five
+    branches) is removed afterwards, pass or fail, as pytest keeps the last three temporary folders."""
     project = make_project(tmp_path)
+    yield project
+    shutil.rmtree(project / "data", ignore_errors=True)
+
+
+def test_default_run_at_paper_scale(project, monkeypatch):
     paper_scale_workspace(project)
     run_project(project, monkeypatch, env="celeba", runtime_params=SMALL_COUNTS)
 
