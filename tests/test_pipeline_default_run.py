@@ -85,7 +85,8 @@ def test_default_chain_end_to_end(project, monkeypatch):
 
 
 def test_branches_differ_only_in_the_protection(tmp_path, project, monkeypatch):
-    """A branch whose protection is zero prepares the same crops and retrains to the same weights as clean."""
+    """A branch whose protection is zero prepares the same crops and retrains to the same weights as clean; other
+    crops under the same branch start a fresh fine-tuning job."""
     run_project(project, monkeypatch, pipeline="data_ingestion")
     training = torch.load(_latest(project, "data/05_model_input/training_set.pt"), weights_only=True)
     zero = {"kind": "universal", "w": torch.zeros(1, 3, SIZE, SIZE)}
@@ -100,3 +101,6 @@ def test_branches_differ_only_in_the_protection(tmp_path, project, monkeypatch):
     models, _, _ = retrain({b: prepared[b] for b in ("clean", "noise")}, ensemble, params, _recipes())
     for key, value in models["models"]["clean"].items():
         torch.testing.assert_close(models["models"]["noise"][key], value, rtol=0, atol=0)
+    # A changed protection gives the branch other crops: a new job in its own folder, not a refused resume.
+    retrain({"noise": prepared["tsdf"]}, ensemble, params, _recipes())
+    assert len(list((tmp_path / "work").glob("noise-*"))) == 2

@@ -50,6 +50,10 @@ class TrainConfig:
         """Plain ``dict`` (tuples become lists) suitable for a weights-only checkpoint."""
         return _plain(dataclasses.asdict(self))
 
+    def resume_settings(self) -> dict[str, Any]:
+        """:meth:`to_dict` without ``RUNTIME_FIELDS``: what a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
 
 @dataclass
 class StarGANConfig(TrainConfig):

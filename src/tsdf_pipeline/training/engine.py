@@ -122,17 +122,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-def _state_config(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
-
-
 def _save_state(trainer: ArchTrainer, sampler: BatchSampler, path: Path, *, step: int, history: list,
                 last: dict[str, Tensor]) -> None:
     atomic_save({
         "format": STATE_FORMAT,
         "arch": trainer.arch,
         "step": step,
-        "config": _state_config(trainer.config),
+        "config": trainer.config.resume_settings(),
         "dataset": trainer.dataset.fingerprint(),
         "models": {name: m.state_dict() for name, m in trainer.modules().items()},
         "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()},
@@ -153,7 +149,7 @@ def _load_state(trainer: ArchTrainer, sampler: BatchSampler, path: Path) -> tupl
         raise ValueError(f"{path}: not a training state of this project (expected format {STATE_FORMAT!r})")
     if state["arch"] != trainer.arch:
         raise ValueError(f"{path}: training state is for arch {state['arch']!r}, not {trainer.arch!r}")
-    saved, current = state["config"], _state_config(trainer.config)
+    saved, current = state["config"], trainer.config.resume_settings()
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)

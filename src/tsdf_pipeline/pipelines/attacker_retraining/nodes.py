@@ -22,13 +22,14 @@ from tsdf_pipeline.data.attacker import (
     protect,
     save_photos,
 )
+from tsdf_pipeline.defense.state import tensor_digest
 from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.grids import to_uint8
 from tsdf_pipeline.pipelines.detector_specs import load_detectors
 from tsdf_pipeline.pipelines.job_keys import job_checkpoint
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
 from tsdf_pipeline.pipelines.reporting import image_figure
-from tsdf_pipeline.training.recipes import train_recipe
+from tsdf_pipeline.training.recipes import recipe_config, train_recipe
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,12 @@ def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], par
         if data["crops"].shape[0] < int(params["min_crops"]):
             raise ValueError(f"attacker branch {branch!r}: only {data['crops'].shape[0]} usable crops "
                              f"(min_crops {params['min_crops']}); the detector dropped the rest")
-        # One work folder per job (victim file, recipe, branch): a killed run resumes, a changed job starts fresh.
-        work = job_checkpoint(params["work_dir"], branch, spec["arch"], spec["sha256"], recipes.get("common"),
-                              recipes.get(spec["arch"]), overrides, data["kept_ids"]).with_suffix("")
+        # One work folder per job (branch, victim file, recipe as resolved without its run-time fields, the crops'
+        # pixels and labels): a killed run resumes, a longer num_iters continues, and a changed job (another
+        # protection, new code defaults) starts fresh instead of refusing to resume.
+        recipe = recipe_config(spec["arch"], recipes, **overrides).resume_settings()
+        work = job_checkpoint(params["work_dir"], branch, spec["arch"], spec["sha256"], recipe,
+                              tensor_digest(data["crops"]), tensor_digest(data["attrs"])).with_suffix("")
         result = train_recipe(spec["arch"], recipes, from_uint8(data["crops"]), data["attrs"], work,
                               init_checkpoint=spec["checkpoint"], device=params.get("device"), **overrides)
         models[branch] = torch.load(result.generator_path, map_location="cpu", weights_only=True)

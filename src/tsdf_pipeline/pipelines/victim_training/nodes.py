@@ -20,7 +20,6 @@ from tsdf_pipeline.models.checkpoints import read_checkpoint
 from tsdf_pipeline.models.ensemble import file_sha256
 from tsdf_pipeline.models.registry import ARCHS
 from tsdf_pipeline.pipelines.job_keys import job_checkpoint
-from tsdf_pipeline.training.config import RUNTIME_FIELDS
 from tsdf_pipeline.training.engine import SAMPLES_DIR
 from tsdf_pipeline.training.recipes import recipe_config, train_recipe
 
@@ -59,8 +58,7 @@ def train_victim(arch: str, training_set: dict[str, Any], params: dict[str, Any]
     images, attrs = training_set["images"], training_set["attrs"]
     # One work folder per job (arch, recipe without its run-time fields, data): a killed run resumes, a longer
     # num_iters continues, a changed recipe or data set starts fresh instead of refusing to resume.
-    recipe = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
-    work_dir = job_checkpoint(params["work_dir"], arch, recipe, list(training_set["image_ids"]),
+    work_dir = job_checkpoint(params["work_dir"], arch, config.resume_settings(), list(training_set["image_ids"]),
                               tensor_digest(images), tensor_digest(attrs)).with_suffix("")
     log.info("training %s on %d images of %d px in %s", arch, images.shape[0], images.shape[-1], work_dir)
     start = time.perf_counter()
