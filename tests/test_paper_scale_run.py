@@ -1,9 +1,10 @@
 """``kedro run --env celeba`` end to end: the paper-scale configuration as a user runs it, given data and weights.
 
 Everything the paper-scale environment reads is put where ``conf/celeba`` expects it: a CelebA folder in the
-official layout (random pixels, 60 images), the four victims at their official sizes and the three optimised detectors in
-their official checkpoint formats (random weights, seeded), and HiSD's glasses reference. Only the counts are cut
-(runtime parameters, as ``kedro run --params`` would): 2 optimisation images, 2 evaluation images, 28 attacker photos, one batch, one
+official layout (random pixels, 60 images), the four victims at their official sizes and the three optimised
+detectors in their official checkpoint formats (random weights, seeded), and HiSD's glasses reference. Runtime parameters (as
+``kedro run --params`` would) cut the counts and set what random weights and pixels need (the attacker's score
+threshold and batch, below): 2 optimisation images, 2 evaluation images, 28 attacker photos, one batch, one
 PGD iteration, one detector step, two fine-tuning iterations. 20 minutes on 2 CPU cores, hence ``slow``:
 the demo-size pipeline tests run the same nodes; this one checks the paper-scale wiring (official sizes at 256 px,
 every target, the release's detectors, HiSD fine-tuned from its checkpoint).
@@ -30,7 +31,7 @@ VICTIM_FILES = {"stargan": "200000-G.ckpt", "attentiongan": "200000-G.ckpt", "at
                 "hisd": "gen_00600000.pt"}
 DETECTOR_FILES = {"s3fd": "sfd_face.pth", "dsfd": "dsfd_vgg_0.880.pth", "retinaface": "mobilenet0.25_Final.pth"}
 CPU = {"device": "cpu", "progress": False}
-SMALL_COUNTS = {
+SMALL_RUN = {
     "data_ingestion": {"optimisation": {"count": 2}, "evaluation": {"count": 2}, "training": {"start": 2, "count": 28}},
     "interruption": {"tsdf": {"epochs": 1, "batch_size": 2, **CPU}, "cmua": {"batch_size": 2, "iterations": 1, **CPU},
                      "pgd": {"iterations": 1, "batch_size": 1, **CPU}},
@@ -70,7 +71,7 @@ def project(tmp_path):
 
 def test_default_run_at_paper_scale(project, monkeypatch):
     paper_scale_workspace(project)
-    run_project(project, monkeypatch, env="celeba", runtime_params=SMALL_COUNTS)
+    run_project(project, monkeypatch, env="celeba", runtime_params=SMALL_RUN)
 
     perturbations = torch.load(next((project / "data/07_model_output/perturbations.pt").glob("*/*.pt")),
                                weights_only=True)
