@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import random
 import resource
 import time
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("tsdf_pipeline").setLevel(logging.INFO)  # e.g. how long an AOT package took to build
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -45,9 +45,12 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 @needs_cuda
 @pytest.mark.parametrize("amp", [False, True])
-def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
+def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, monkeypatch, amp: bool):
     """AOTInductor package + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
     from tests.test_defense_interruption import data, standins
+    from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN
+
+    monkeypatch.setenv(CUDA_AOT_OPT_IN, "1")
 
     x, attrs = data(6)
     base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3)

@@ -1,4 +1,4 @@
-"""Stage 1's batch step compiled ahead of time (AOTInductor): same result as eager, reused across runs."""
+"""Stage 1's steps compiled ahead of time (AOTInductor): same result as eager, reused across runs."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_package(tmp_p
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
     config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
     compiled = run_interruption(standins(), x, attrs, config)
-    packages = sorted(p.name for p in (tmp_path / "aot").iterdir())
-    assert len(packages) == 2 and packages[0].endswith(".json") and packages[1].endswith(".pt2")
+    files = sorted((tmp_path / "aot").iterdir())
+    assert sorted(p.suffix for p in files) == [".json", ".json", ".pt2", ".pt2"]  # the feature and end-to-end steps
     # Inductor may reorder float sums; a sign step flips only where a gradient is ~0.
     assert (eager.w == compiled.w).float().mean().item() > 0.99
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
@@ -108,3 +108,17 @@ def test_the_package_key_covers_victim_settings_and_non_persistent_buffers():
     victims[0].reference.sub_(1.0)
     victims[0].arch = "hisd"  # describe() changes
     assert key(victims) != before
+
+
+def test_cuda_needs_the_opt_in_until_the_package_is_known_to_run_there(monkeypatch, tmp_path):
+    """On CUDA the package crashed the process (torch 2.11, H200): a clear error instead, unless opted in."""
+    from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN, _Stage1
+    from tsdf_pipeline.defense.victim_ops import prepare_victims
+
+    prepared = prepare_victims(standins(), torch.device("cpu"), channels_last=False, compile=False)
+    config = InterruptionConfig(device="cpu", aot_cache_dir=str(tmp_path))
+    monkeypatch.delenv(CUDA_AOT_OPT_IN, raising=False)
+    with pytest.raises(ValueError, match=f"CPU only .* compile: true, or set {CUDA_AOT_OPT_IN}=1"):
+        _Stage1(prepared, config, torch.device("cuda"), 8, 1)
+    monkeypatch.setenv(CUDA_AOT_OPT_IN, "1")
+    assert set(_Stage1(prepared, config, torch.device("cuda"), 8, 1).aot) == {"feature", "end_to_end"}

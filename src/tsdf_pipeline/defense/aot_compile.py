@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
+
+log = logging.getLogger(__name__)
 
 
 class _Flat(nn.Module):
@@ -77,8 +81,10 @@ class AotCompiledFunction:
             out_spec[:] = [tree]
             return tuple(out_leaves)
 
+        start = time.perf_counter()
         traced = make_fx(flat_fn, tracing_mode="real")(*leaves)  # runs fn once, recording forward and backward ops
         exported = torch.export.export(_Flat(traced), tuple(leaves))
+        traced_at = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
         os.close(fd)
@@ -88,6 +94,8 @@ class AotCompiledFunction:
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        log.info("AOT package %s: traced and exported %d nodes in %.1f s, compiled in %.1f s", path.name,
+                 len(traced.graph.nodes), traced_at - start, time.perf_counter() - traced_at)
         return self._load(path)
 
     @staticmethod

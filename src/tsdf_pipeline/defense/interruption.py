@@ -25,14 +25,16 @@ Differences from the release, none of which changes the update:
   gets draw ``m``).
 * On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
   that size: the same kernels without the host's launch overhead.
-* ``aot_cache_dir``: the batch step (the same pure tensor function) is traced once, compiled ahead of time with
-  AOTInductor and stored there; a later run with the same victims, weights, config and shapes loads it instead of
-  compiling (``aot_compile``).
+* ``aot_cache_dir``: the feature step and the end-to-end step (pure tensor functions) are each traced once,
+  compiled ahead of time with AOTInductor and stored there; a later run with the same victims, weights, config
+  and shapes loads them instead of compiling (``aot_compile``). One package per step kind, not one per batch: the
+  feature step is compiled once for all its ``inner_steps`` calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +102,7 @@ class InterruptionConfig(AttackSettings):
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
-    aot_cache_dir: str | None = None  # compile the batch step ahead of time (AOTInductor) and keep it here
+    aot_cache_dir: str | None = None  # compile the steps ahead of time (AOTInductor) and keep them here (CPU)
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -109,6 +111,10 @@ class InterruptionConfig(AttackSettings):
             raise ValueError(f"InterruptionConfig.cache_clean: expected 'run' or 'batch', got {self.cache_clean!r}")
         if self.epsilon <= 0 or self.step_size <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError("InterruptionConfig: epsilon, step_size and batch_size must be positive, epochs >= 0")
+
+
+# Opt-in for the ahead-of-time compiled steps on CUDA, where they are not known to work yet.
+CUDA_AOT_OPT_IN = "TSDF_EXPERIMENTAL_CUDA_AOT"
 
 
 @dataclass
@@ -169,12 +175,25 @@ class _Stage1:
         self.cache: dict[int, _CleanPass] = {}
         self.plan: DiversityDraw | None = None
         self._graph_targets: list[Any] | None = None
-        # The batch step over tensors only, compiled ahead of time and/or replayed as a CUDA graph (None: eager).
-        self.tensor_step: Callable[..., Any] | None = None
+        # The feature step and the end-to-end step over tensors only, each compiled ahead of time into its own
+        # package (the feature step's serves its `inner_steps` calls); None: run them as Python.
+        self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
-            self.tensor_step = AotCompiledFunction(self._graph_step, config.aot_cache_dir, self._aot_key())
+            if device.type == "cuda" and os.environ.get(CUDA_AOT_OPT_IN) != "1":
+                raise ValueError(
+                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: on CUDA the AOTInductor package "
+                    "crashed the process (a segmentation fault right after it was built, and again when a second "
+                    "run loaded it; torch 2.11, H200; benchmarks/README.md). On CUDA use compile: true, or set "
+                    f"{CUDA_AOT_OPT_IN}=1 to try it anyway.")
+            key = self._aot_key()
+            self.aot = {"feature": AotCompiledFunction(self._feature_tensor_step, config.aot_cache_dir,
+                                                       {**key, "step": "feature"}),
+                        "end_to_end": AotCompiledFunction(self._end_to_end_tensor_step, config.aot_cache_dir,
+                                                          {**key, "step": "end_to_end"})}
+        # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
+        self.tensor_step: Callable[..., Any] | None = None
         if config.cuda_graphs and device.type == "cuda":
-            self.tensor_step = GraphedFunction(self.tensor_step or self._graph_step)
+            self.tensor_step = GraphedFunction(self._graph_step)
 
     def _aot_key(self) -> dict[str, Any]:
         """Everything an ahead-of-time package bakes in besides its inputs: the config, each victim's settings
@@ -184,7 +203,7 @@ class _Stage1:
         victims = {v.name: [v.victim.describe(), v.channels_last,
                             [tensor_digest(t) for t in [*v.victim.parameters(), *v.victim.buffers()]]]
                    for v in self.victims}
-        return {"stage": "tsdf-stage1-batch", "config": fields, "victims": victims}
+        return {"stage": "tsdf-stage1", "config": fields, "victims": victims}
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.config
@@ -262,27 +281,45 @@ class _Stage1:
                       ) -> tuple[Tensor, list[dict[str, Tensor]]]:
         """The ``inner_steps`` feature-ensemble sign steps of one batch (no momentum); ``draws`` is
         :meth:`tables`' ``[inner+1, M, 2, S]``. Returns ``(w, records)``."""
-        cfg = self.config
         records: list[dict[str, Tensor]] = []
-        for k in range(cfg.inner_steps):
-            w_var = w.detach().requires_grad_(True)
-            parts = self.feature_loss(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]))
-            (grad,) = torch.autograd.grad(parts["loss"], w_var)
-            w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
-            records.append({f"feature/{key}": val.detach() for key, val in parts.items()})
+        for k in range(self.config.inner_steps):
+            if self.aot is None:
+                w, record = self.feature_step(x, w, clean, DiversityDraw(draws.index[k], draws.valid[k]))
+            else:
+                w, record = self.aot["feature"](x, w, _clean_tensors(clean), (draws.index[k], draws.valid[k]))
+            records.append(record)
         return w, records
+
+    def feature_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One feature-ensemble sign step; ``draw``: ``[M,2,S]`` per victim. Returns ``(w, record)``."""
+        cfg = self.config
+        w_var = w.detach().requires_grad_(True)
+        parts = self.feature_loss(x, w_var, clean, draw)
+        (grad,) = torch.autograd.grad(parts["loss"], w_var)
+        w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
+        return w, {f"feature/{key}": val.detach() for key, val in parts.items()}
 
     def end_to_end_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draws: DiversityDraw, *,
                         momentum: Tensor, ema: Tensor, weights: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """The end-to-end step with momentum and the EMA-softmax victim weights ``[M]``.
+        """The end-to-end step with momentum and the EMA-softmax victim weights ``[M]``; ``draws`` as in
+        :meth:`feature_steps`.
 
         Returns ``(w, new momentum, new ema, new weights, record)``; ``momentum`` matches ``w``'s batch dimension.
         """
+        k = self.config.inner_steps
+        state = {"momentum": momentum, "ema": ema, "weights": weights}
+        if self.aot is not None:
+            return self.aot["end_to_end"](x, w, _clean_tensors(clean), (draws.index[k], draws.valid[k]), state)
+        return self._end_to_end_step(x, w, clean, DiversityDraw(draws.index[k], draws.valid[k]), state)
+
+    def _end_to_end_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
+                         state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         cfg = self.config
-        k = cfg.inner_steps
+        momentum, ema, weights = state["momentum"], state["ema"], state["weights"]
         w_var = w.detach().requires_grad_(True)
-        losses = self.end_to_end_losses(x, w_var, clean, DiversityDraw(draws.index[k], draws.valid[k]))
+        losses = self.end_to_end_losses(x, w_var, clean, draw)
         total = (weights * losses).sum()
         (grad,) = torch.autograd.grad(total, w_var)
         direction = momentum_direction(grad, momentum, cfg.momentum)
@@ -304,29 +341,46 @@ class _Stage1:
             x, w, clean, draws, momentum=state["momentum"], ema=state["ema"], weights=state["weights"])
         return {"w": w, "momentum": momentum, "ema": ema, "weights": weights}, [*records, record]
 
+    def _from_tensors(self, clean: dict[str, Any]) -> _CleanPass:
+        """The clean pass back from :func:`_clean_tensors`: target names are fixed per victim (those of the last
+        :meth:`step`), only the condition tensors travel through a graph or a package."""
+        assert self._graph_targets is not None
+        targets = [dataclasses.replace(t, cond=c) for t, c in zip(self._graph_targets, clean["conds"], strict=True)]
+        return _CleanPass(targets, clean["outputs"], clean["features"], clean["feature_map"])
+
     def _graph_step(self, x: Tensor, clean: dict[str, Any], draws: tuple[Tensor, Tensor], state: dict[str, Tensor]
                     ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
         """:meth:`batch_step` over tensors only (what :class:`GraphedFunction` captures)."""
-        assert self._graph_targets is not None
-        targets = [dataclasses.replace(t, cond=c) for t, c in zip(self._graph_targets, clean["conds"], strict=True)]
-        entry = _CleanPass(targets, clean["outputs"], clean["features"], clean["feature_map"])
-        return self.batch_step(x, entry, DiversityDraw(*draws), state)
+        return self.batch_step(x, self._from_tensors(clean), DiversityDraw(*draws), state)
+
+    def _feature_tensor_step(self, x: Tensor, w: Tensor, clean: dict[str, Any], draw: tuple[Tensor, Tensor]
+                             ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`feature_step` over tensors only (what ``aot["feature"]`` compiles)."""
+        return self.feature_step(x, w, self._from_tensors(clean), DiversityDraw(*draw))
+
+    def _end_to_end_tensor_step(self, x: Tensor, w: Tensor, clean: dict[str, Any], draw: tuple[Tensor, Tensor],
+                                state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """:meth:`end_to_end_step` over tensors only (what ``aot["end_to_end"]`` compiles)."""
+        return self._end_to_end_step(x, w, self._from_tensors(clean), DiversityDraw(*draw), state)
 
     def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
              state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         clean = self.clean_pass(batch, x, attrs40)
         draws = self.tables(batch)
         current = {k: state[k] for k in ("w", "momentum", "ema", "weights")}
+        self._graph_targets = clean.targets
         if self.tensor_step is None:
             new, records = self.batch_step(x, clean, draws, current)
         else:
-            # Target names are fixed per victim; only the condition tensors travel through the graph.
-            self._graph_targets = clean.targets
-            tensors = {"conds": [t.cond for t in clean.targets], "outputs": clean.outputs,
-                       "features": clean.features, "feature_map": clean.feature_map}
-            new, records = self.tensor_step(x, tensors, (draws.index, draws.valid), current)
+            new, records = self.tensor_step(x, _clean_tensors(clean), (draws.index, draws.valid), current)
         state.update(new)
         return records
+
+
+def _clean_tensors(clean: _CleanPass) -> dict[str, Any]:
+    """The tensors of a clean pass (what a CUDA graph or an AOT package takes as inputs)."""
+    return {"conds": [t.cond for t in clean.targets], "outputs": clean.outputs, "features": clean.features,
+            "feature_map": clean.feature_map}
 
 
 def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: InterruptionConfig,
