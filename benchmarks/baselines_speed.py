@@ -7,10 +7,10 @@ Usage (torch alone, no kedro)::
 
 Victims as in ``stage1_speed.py`` (random weights; ``paper``: the four official sizes at 256 px). Every edit
 target (``targets: all``, as ``conf/celeba``): CMUA one batch of ``--cmua-batch`` images (paper: 64, half an
-epoch of its 128 images), PGD one batch of ``--pgd-batch`` images with 10 iterations, and the evaluation of one
-universal perturbation on ``--eval-batch`` images under the four purifications. Each is timed twice (the first
-call pays cuDNN's autotuning); reported: seconds, seconds per image, peak memory, and the extrapolation to the
-paper's sizes (CMUA 128 images, PGD and evaluation 1,000 images, the evaluation once per method of four).
+epoch of its 128 images), PGD one batch of ``--pgd-batch`` images with 10 iterations, and the evaluation of four
+universal perturbations (the four methods) on ``--eval-batch`` images under the four purifications. Each is timed
+twice (the first call pays cuDNN's autotuning); reported: seconds, seconds per image, peak memory, and the
+extrapolation to the paper's sizes (CMUA 128 images, PGD and evaluation 1,000 images).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from stage1_speed import build_victims
 from tsdf_pipeline.defense.cmua import CMUAConfig, run_cmua
 from tsdf_pipeline.defense.pgd import PGDConfig, run_pgd
 from tsdf_pipeline.devices import resolve_device
-from tsdf_pipeline.metrics.evaluate_interruption import evaluate_interruption
+from tsdf_pipeline.metrics.evaluate_interruption import evaluate_interruption_methods
 
 PURIFICATIONS = ("none", "jpeg90", "jpeg75", "blur1")
 
@@ -57,7 +57,7 @@ def main() -> None:
     paper = args.config == "paper"
     sizes = {"cmua": args.cmua_batch or (64 if paper else 8), "pgd": args.pgd_batch or (16 if paper else 4),
              "evaluation": args.eval_batch or (16 if paper else 8)}
-    totals = {"cmua": 128, "pgd": 1000, "evaluation": 1000 * 4}   # images (evaluation: x 4 methods)
+    totals = {"cmua": 128, "pgd": 1000, "evaluation": 1000}   # images (evaluation: each with the 4 methods)
     device = resolve_device(args.device)
     victims, size, _ = build_victims(args.config)
     n = max(sizes[k] for k in args.only)
@@ -71,15 +71,15 @@ def main() -> None:
         "pgd": lambda: run_pgd(victims, images[:sizes["pgd"]], attrs[:sizes["pgd"]],
                                PGDConfig(batch_size=sizes["pgd"], **settings)),
     }
-    w = (torch.rand(1, 3, size, size, generator=gen) * 2 - 1) * 0.05
+    methods = {f"method{k}": (torch.rand(1, 3, size, size, generator=gen) * 2 - 1) * 0.05 for k in range(4)}
 
     def evaluation() -> object:
         for v in victims:
             v.to(device)
         with torch.no_grad():
-            return evaluate_interruption(victims, images[:sizes["evaluation"]], attrs[:sizes["evaluation"]], w,
-                                         method="bench", batch_size=sizes["evaluation"], purifications=PURIFICATIONS,
-                                         target_mode="all", device=device)
+            return evaluate_interruption_methods(
+                victims, images[:sizes["evaluation"]], attrs[:sizes["evaluation"]], methods,
+                batch_size=sizes["evaluation"], purifications=PURIFICATIONS, target_mode="all", device=device)
 
     runs["evaluation"] = evaluation
     print(f"device={device} config={args.config} size={size} targets=all batches={sizes}")

@@ -13,6 +13,7 @@ from tsdf_pipeline.metrics.evaluate_interruption import (
     aggregate_rows,
     collect_examples,
     evaluate_interruption,
+    evaluate_interruption_methods,
 )
 from tsdf_pipeline.metrics.image_quality import psnr, quantize_8bit, ssim
 from tsdf_pipeline.metrics.purification import apply_purification, protect
@@ -141,6 +142,23 @@ def test_universal_equals_expanded_per_image(victims, batch):
     per_image = evaluate_interruption(victims, x, attrs40, w.expand(N, -1, -1, -1).clone(), **kwargs)
     assert len(universal) == len(per_image)
     assert all(_same(a, b) for a, b in zip(universal, per_image, strict=True))
+
+
+def test_several_methods_equal_separate_calls_with_one_clean_edit_per_batch(victims, batch, monkeypatch):
+    x, attrs40 = batch
+    ws = {"universal": _universal(eps=0.3), "per_image": _universal(seed=5, eps=0.1).expand(N, -1, -1, -1) * 0.5}
+    kwargs = {"batch_size": 2, "purifications": ("none", "jpeg75")}
+    separate = [row for m, w in ws.items() for row in evaluate_interruption(victims, x, attrs40, w, method=m,
+                                                                            **kwargs)]
+    calls: list[int] = []
+    edit = type(victims[0]).edit
+    monkeypatch.setattr(type(victims[0]), "edit", lambda self, xs, t: calls.append(xs.data_ptr()) or edit(self, xs, t))
+    together = evaluate_interruption_methods(victims, x, attrs40, ws, **kwargs)
+    assert len(together) == len(separate) and all(_same(a, b) for a, b in zip(together, separate, strict=True))
+    # StarGAN per batch: the clean x once, then 2 methods x 2 purifications; 3 batches of N = 5.
+    assert len(calls) == 3 * (1 + 2 * 2)
+    with pytest.raises(ValueError, match="per_image: perturbation"):
+        evaluate_interruption_methods(victims, x, attrs40, {"per_image": torch.zeros(2, 3, SIZE, SIZE)}, **kwargs)
 
 
 def test_purification_rows_use_clean_reference(victims, batch):

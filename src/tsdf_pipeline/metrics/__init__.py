@@ -23,6 +23,7 @@ from tsdf_pipeline.metrics.evaluate_interruption import (
     aggregate_rows,
     collect_examples,
     evaluate_interruption,
+    evaluate_interruption_methods,
 )
 from tsdf_pipeline.metrics.image_quality import (
     denorm,
@@ -43,6 +44,7 @@ __all__ = [
     "detection_examples",
     "evaluate_detection",
     "evaluate_interruption",
+    "evaluate_interruption_methods",
     "gaussian_blur",
     "jpeg",
     "protect",

@@ -2,15 +2,15 @@
 
 For every batch of clean images ``x`` ``[B,3,H,W]`` in [-1,1] the published image is
 ``p = quantize_8bit(clamp(x + w, -1, 1))`` (decision 9), optionally purified by the attacker (JPEG, blur).
-Each victim edits the clean ``x`` once for all its targets (``G(x)``, shared by every purification) and
-each purified ``p`` once for all targets (``G(p)``); the metrics of ``tsdf_pipeline.metrics.disruption`` and
+Each victim edits the clean ``x`` once for all its targets (``G(x)``, shared by every method and purification)
+and each purified ``p`` once for all targets (``G(p)``); the metrics of ``tsdf_pipeline.metrics.disruption`` and
 ``image_quality`` compare ``G(p)`` with ``G(x)`` per sample and are aggregated into rows (plain dicts).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -141,22 +141,39 @@ def evaluate_interruption(
     target_mode: str = "all",
     device: torch.device | str | None = None,
 ) -> list[dict[str, Any]]:
-    """Interruption rows of one protection ``method`` against ``victims``.
+    """Interruption rows of one protection ``method`` against ``victims``: :func:`evaluate_interruption_methods`
+    with ``{method: perturbation}`` (arguments and rows as there)."""
+    return evaluate_interruption_methods(victims, images, attrs40, {method: perturbation}, batch_size=batch_size,
+                                         purifications=purifications, target_mode=target_mode, device=device)
+
+
+def evaluate_interruption_methods(
+    victims: Sequence[Victim],
+    images: Tensor,
+    attrs40: Tensor,
+    perturbations: Mapping[str, Tensor],
+    *,
+    batch_size: int,
+    purifications: Sequence[str] = ("none",),
+    target_mode: str = "all",
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """Interruption rows of several protections against ``victims``, the clean edits computed once for all.
 
     Args:
         victims: victims already on ``device``; each edits with every target of ``victim.targets(attrs40,
             target_mode)`` in one forward per batch.
         images: ``[N,3,H,W]`` in [-1,1], the clean images (8-bit values, as loaded from files).
         attrs40: ``[N,40]`` CelebA labels in {0,1}.
-        perturbation: ``[1,3,H,W]`` (universal) or ``[N,3,H,W]`` (per image) in [-1,1] units.
-        method: label written into every row.
+        perturbations: method name -> ``[1,3,H,W]`` (universal) or ``[N,3,H,W]`` (per image) in [-1,1] units.
         batch_size: images per forward pass.
         purifications: keys of ``PURIFICATIONS`` applied to the published image before editing.
         target_mode: ``"all"`` (every official target + reconstruction) or ``"train"``.
         device: where the victims run and the metrics are computed; ``None`` = ``images.device``.
 
     Returns:
-        Rows with ``kind="interruption"``, one per (victim, target, purification) in that order, fields:
+        Per method (in the mapping's order), rows with ``kind="interruption"``, one per (victim, target,
+        purification) in that order, fields:
 
         - ``method, victim, arch, target, purification``;
         - counts ``n_samples, n_valid, n_empty_mask, n_success, n_ruiz_success``;
@@ -167,12 +184,18 @@ def evaluate_interruption(
         - ``ssim_out_w3``: TSDF's SSIM, 3x3 window, data range = max - min of each ``denorm(G(p))``;
         - ``ssim_out_w7``: standard 7x7 window, data range 1 on [0,1] (i.e. 2 on [-1,1]).
 
-        Then one ``kind="watermark"`` row (``victim``, ``arch``, ``target`` None; ``purification="none"``)
-        with the means over images of ``watermark_psnr``, ``watermark_ssim_w3``, ``watermark_ssim_w7``,
-        ``watermark_ms_ssim`` of ``p`` against ``x`` (same conventions; MS-SSIM with fewer scales below
-        161 px) and ``watermark_linf``, the largest ``|p - x|`` over all images ([-1,1] units).
+        Then the method's ``kind="watermark"`` row (``victim``, ``arch``, ``target`` None;
+        ``purification="none"``) with the means over images of ``watermark_psnr``, ``watermark_ssim_w3``,
+        ``watermark_ssim_w7``, ``watermark_ms_ssim`` of ``p`` against ``x`` (same conventions; MS-SSIM with
+        fewer scales below 161 px) and ``watermark_linf``, the largest ``|p - x|`` over all images ([-1,1] units).
     """
-    check_inputs(images, attrs40, perturbation, batch_size)
+    if not perturbations:
+        raise ValueError("perturbations: expected at least one method name -> perturbation")
+    for method, perturbation in perturbations.items():
+        try:
+            check_inputs(images, attrs40, perturbation, batch_size)
+        except ValueError as err:
+            raise ValueError(f"{method}: {err}") from None
     _check_victims(victims)
     purifications = tuple(purifications)
     if not purifications:
@@ -180,45 +203,47 @@ def evaluate_interruption(
     check_purifications(purifications)
     dev = torch.device(device) if device is not None else images.device
     names = {v.name: v.target_names(target_mode) for v in victims}
-    samples: dict[tuple[str, int, str], dict[str, list[Tensor]]] = {}
-    watermark: dict[str, list[Tensor]] = {}
+    samples: dict[tuple[str, str, int, str], dict[str, list[Tensor]]] = {}
+    watermark: dict[str, dict[str, list[Tensor]]] = {m: {} for m in perturbations}
 
     n = images.shape[0]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = images[start:stop].to(dev)
         a40 = attrs40[start:stop].to(dev)
-        published = protect(x, perturbation_slice(perturbation, start, stop).to(dev))
-        for key, v in _watermark_values(x, published).items():
-            watermark.setdefault(key, []).append(v)
-        attacked = {p: apply_purification(p, published) for p in purifications}
+        attacked: dict[tuple[str, str], Tensor] = {}
+        for method, perturbation in perturbations.items():
+            published = protect(x, perturbation_slice(perturbation, start, stop).to(dev))
+            for key, v in _watermark_values(x, published).items():
+                watermark[method].setdefault(key, []).append(v)
+            attacked |= {(method, p): apply_purification(p, published) for p in purifications}
         for victim in victims:
             t = victim.targets(a40, target_mode)
-            clean = victim.edit(x, t)
-            for p, xp in attacked.items():
+            clean = victim.edit(x, t)  # shared by every method and purification
+            for (method, p), xp in attacked.items():
                 values = _per_sample(x, clean, victim.edit(xp, t))
                 for i in range(len(t)):
-                    acc = samples.setdefault((victim.name, i, p), {})
+                    acc = samples.setdefault((method, victim.name, i, p), {})
                     for key, v in values.items():
                         acc.setdefault(key, []).append(v[i])
 
     rows: list[dict[str, Any]] = []
-    for victim in victims:
-        for i, target in enumerate(names[victim.name]):
-            for p in purifications:
-                acc = samples[(victim.name, i, p)]
-                per_sample = {k: torch.cat(v) for k, v in acc.items()}
-                rows.append({
-                    "kind": KIND_INTERRUPTION, "method": method, "victim": victim.name, "arch": victim.arch,
-                    "target": target, "purification": p, **_interruption_metrics(per_sample),
-                })
-    wm = {k: torch.cat(v) for k, v in watermark.items()}
-    rows.append({
-        "kind": KIND_WATERMARK, "method": method, "victim": None, "arch": None, "target": None,
-        "purification": "none", "n_samples": n,
-        **{k: _mean(v) for k, v in wm.items() if k != "watermark_linf"},
-        "watermark_linf": float(wm["watermark_linf"].max()),
-    })
+    for method in perturbations:
+        for victim in victims:
+            for i, target in enumerate(names[victim.name]):
+                for p in purifications:
+                    per_sample = {k: torch.cat(v) for k, v in samples[(method, victim.name, i, p)].items()}
+                    rows.append({
+                        "kind": KIND_INTERRUPTION, "method": method, "victim": victim.name, "arch": victim.arch,
+                        "target": target, "purification": p, **_interruption_metrics(per_sample),
+                    })
+        wm = {k: torch.cat(v) for k, v in watermark[method].items()}
+        rows.append({
+            "kind": KIND_WATERMARK, "method": method, "victim": None, "arch": None, "target": None,
+            "purification": "none", "n_samples": n,
+            **{k: _mean(v) for k, v in wm.items() if k != "watermark_linf"},
+            "watermark_linf": float(wm["watermark_linf"].max()),
+        })
     return rows
 
 

@@ -13,7 +13,7 @@ from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.evaluate_interruption import (
     aggregate_rows,
     collect_examples,
-    evaluate_interruption,
+    evaluate_interruption_methods,
 )
 from tsdf_pipeline.models.ensemble import load_ensemble
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
@@ -49,26 +49,29 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
     device = resolve_device(params.get("device", "cpu"))
     victims = load_ensemble(victim_ensemble, device=device)
     images, attrs, ids = evaluation_set["images"], evaluation_set["attrs"], evaluation_set["image_ids"]
+    methods = params.get("methods") or list(perturbations)
+    unknown = [m for m in methods if m not in perturbations]
+    if unknown:
+        raise KeyError(f"evaluation.methods names {unknown} but the interruption stage produced only "
+                       f"{sorted(perturbations)}")
+    chosen = {method: perturbation_for(perturbations[method], ids, method) for method in methods}
+    with torch.no_grad():
+        all_rows = evaluate_interruption_methods(
+            victims, images, attrs, chosen, batch_size=int(params["batch_size"]),
+            purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
+            device=device)
     rows: list[dict[str, Any]] = []
     figures: dict[str, Figure] = {}
-    for method in params.get("methods") or list(perturbations):
-        if method not in perturbations:
-            raise KeyError(f"evaluation.methods names {method!r} but the interruption stage produced only "
-                           f"{sorted(perturbations)}")
-        w = perturbation_for(perturbations[method], ids, method)
-        with torch.no_grad():
-            method_rows = evaluate_interruption(
-                victims, images, attrs, w, method=method, batch_size=int(params["batch_size"]),
-                purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
-                device=device)
+    n_examples = int(params.get("examples", 4))
+    for method, w in chosen.items():
+        method_rows = [r for r in all_rows if r["method"] == method]
         rows += method_rows + [{**r, "target": "all"} for r in aggregate_rows(method_rows)]
-        n_examples = int(params.get("examples", 4))
         for victim, grid in collect_examples(victims, images[:n_examples], attrs[:n_examples],
                                              w[:n_examples] if w.shape[0] > 1 else w, n_examples,
                                              device=device).items():
             figures[f"examples_{method}_{victim}.png"] = image_figure(
                 grid, f"{method} vs {victim}: original | protected | clean edit | protected edit | |diff| x10")
-        log.info("evaluated %s on %d images", method, images.shape[0])
+    log.info("evaluated %s on %d images", ", ".join(chosen), images.shape[0])
     table = pd.DataFrame(rows)
     pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
     for victim in pooled["victim"].unique():
