@@ -9,7 +9,7 @@
 # the two AOT rows alone (the whole script may not fit one 10-minute device call).
 #   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
 set -u
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 bench() { timeout "$1" python3 benchmarks/stage1_speed.py --config paper --device cuda "${@:2}"; }
