@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import torch
@@ -9,6 +12,7 @@ import torch
 from tests.celeba_factory import make_celeba
 from tests.kedro_project import make_project, run_project
 from tests.tiny_models import SIZE, catalog_overrides, model_loading_params, save_tiny_checkpoints
+from tsdf_pipeline.defense.cmua_search import score_factors as real_score_factors
 
 FAST = {"device": "cpu", "progress": False}
 
@@ -55,3 +59,45 @@ def test_interruption_and_evaluation_end_to_end(tmp_path, monkeypatch):
     assert "tsdf.attgan.jpeg75.sr_mask" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"interruption_summary", "interruption_figures", "model_cards"} <= artifacts
+
+
+def test_cmua_factor_search_feeds_cmua_logs_its_trials_and_resumes(tmp_path, monkeypatch):
+    root, _ = make_celeba(tmp_path / "celeba", n=8)
+    paths = save_tiny_checkpoints(tmp_path / "models")
+    search = {"trials": 3, "batch_size": 2, "eval_images": 2, "startup_trials": 2, "low": 0.5, "high": 5.0, "seed": 3}
+    params = {
+        "data_ingestion": {"root": str(root), "image_size": SIZE, "optimisation": {"split": "train", "count": 4},
+                           "evaluation": {"split": "test", "count": 2}, "training": {"split": "train", "start": 0}},
+        "model_loading": model_loading_params(root / "img_align_celeba" / "000001.jpg"),
+        "interruption": {"methods": ["cmua"], "checkpoint_dir": str(tmp_path / "ckpt"),
+                         "cmua": {"epochs": 1, "batch_size": 4, "iterations": 1, **FAST}, "cmua_search": search},
+    }
+    project = make_project(tmp_path, params, catalog_overrides(paths))
+    run_project(project, monkeypatch, to_nodes=["run_interruption_methods"])
+
+    def latest(pattern: str) -> Path:
+        return sorted((project / pattern).glob("*/*"))[-1]
+
+    chosen = json.loads(latest("data/07_model_output/cmua_factors.json").read_text())
+    trials = pd.read_csv(latest("data/08_reporting/cmua_search_trials.csv"))
+    assert chosen["searched"] and len(trials) == 3
+    archs = {"stargan", "attentiongan", "attgan", "hisd"}
+    assert set(chosen["factors"]) >= archs and all(0.5 <= chosen["factors"][a] <= 5.0 for a in archs)
+    best = trials.loc[trials["score"].idxmax()]
+    assert chosen["score"] == best["score"] and all(chosen["factors"][a] == best[f"factor_{a}"] for a in archs)
+    perturbations = torch.load(latest("data/07_model_output/perturbations.pt"), weights_only=True)
+    assert perturbations["cmua"]["config"]["factors"] == str(chosen["factors"])
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert "interruption.cmua_search.best_score" in run.data.metrics
+
+    # One more trial wanted: the study resumes with its three completed trials and runs only the fourth.
+    from tsdf_pipeline.pipelines.interruption import nodes
+
+    scored = []
+    monkeypatch.setattr(nodes, "score_factors", lambda *a, **k: scored.append(a[3]) or real_score_factors(*a, **k))
+    run_project(project, monkeypatch, to_nodes=["run_interruption_methods"],
+                runtime_params={"interruption": {"cmua_search": {"trials": 4}}})
+    more = pd.read_csv(latest("data/08_reporting/cmua_search_trials.csv"))
+    assert len(more) == 4 and len(scored) == 1
+    pd.testing.assert_frame_equal(more.iloc[:3], trials)
