@@ -40,7 +40,10 @@ def search_cmua_factors(victim_ensemble: list[dict[str, Any]], optimisation_set:
     """
     search = CMUASearchConfig(**(params.get("cmua_search") or {}))
     cmua = make_config("cmua", dict(params.get("cmua") or {}))
-    if search.trials == 0:
+    if search.trials and "cmua" not in params["methods"]:
+        log.warning("cmua_search: %d trials asked for, but 'cmua' is not in interruption.methods; not searching",
+                    search.trials)
+    if search.trials == 0 or "cmua" not in params["methods"]:
         return {"factors": dict(cmua.factors), "searched": False, "score": None}, pd.DataFrame(), {}
     victims = load_ensemble(victim_ensemble)
     archs = sorted({v.arch for v in victims})
