@@ -101,3 +101,15 @@ def test_cmua_factor_search_feeds_cmua_logs_its_trials_and_resumes(tmp_path, mon
     more = pd.read_csv(latest("data/08_reporting/cmua_search_trials.csv"))
     assert len(more) == 4 and len(scored) == 1
     pd.testing.assert_frame_equal(more.iloc[:3], trials)
+
+
+def test_cmua_factor_search_is_skipped_when_off_or_cmua_is_not_run(caplog):
+    from tsdf_pipeline.pipelines.interruption.nodes import search_cmua_factors
+
+    params = {"methods": ["tsdf"], "checkpoint_dir": "unused", "cmua": {"factors": {"stargan": 2.0}},
+              "cmua_search": {"trials": 5}}
+    chosen, trials, metrics = search_cmua_factors([], {}, params)  # neither victims nor images are touched
+    assert chosen == {"factors": {"stargan": 2.0}, "searched": False, "score": None}
+    assert trials.empty and metrics == {} and "not in interruption.methods" in caplog.text
+    params |= {"methods": ["cmua"], "cmua_search": {"trials": 0}}
+    assert search_cmua_factors([], {}, params)[0]["searched"] is False
