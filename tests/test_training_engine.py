@@ -64,7 +64,8 @@ class Interrupt(Exception):
     """Raised from a callback to kill a run."""
 
 
-@pytest.mark.parametrize(("arch", "extra"), [("stargan", {"n_critic": 2}), ("attgan", {"n_d": 2}), ("hisd", {})])
+@pytest.mark.parametrize(("arch", "extra"), [("stargan", {"n_critic": 2}), ("attgan", {"n_d": 2}), ("hisd", {}),
+                                             ("hisd", {"optimistic": True})])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, arch: str, extra: dict) -> None:
     ds = tiny_dataset()
     cfg = tiny_config(arch, num_iters=8, checkpoint_every=3, log_every=1, **extra)
@@ -219,3 +220,21 @@ def test_dataset_and_sampler_validation_and_state() -> None:
     b = BatchSampler({"all": torch.arange(10)}, batch_size=4, seed=99)
     b.load_state_dict(state)
     assert all(torch.equal(a.next("all"), b.next("all")) for _ in range(5))
+
+
+def test_optimistic_steps_feed_adam_twice_the_gradient_minus_the_previous_one() -> None:
+    from types import SimpleNamespace
+
+    from tsdf_pipeline.training.hisd import HiSDTrainer
+
+    grads = [torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0]), torch.tensor([-1.0, 1.0])]
+    fed = [grads[0], 2 * grads[1] - grads[0], 2 * grads[2] - grads[1]]
+    p, q = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    optimistic, plain = torch.optim.Adam([p], lr=0.1, betas=(0.0, 0.99)), torch.optim.Adam([q], lr=0.1, betas=(0.0, 0.99))
+    trainer = SimpleNamespace(config=SimpleNamespace(optimistic=True))
+    for g, f in zip(grads, fed, strict=True):
+        p.grad, q.grad = g.clone(), f.clone()
+        HiSDTrainer._step(trainer, optimistic)
+        plain.step()
+        torch.testing.assert_close(p.detach(), q.detach())
+    torch.testing.assert_close(optimistic.state_dict()["state"][0]["previous_grad"], grads[-1])

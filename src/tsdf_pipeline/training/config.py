@@ -160,6 +160,9 @@ class HiSDConfig(TrainConfig):
     also translated with the style extracted from a batch of the target attribute, judged by D as a translated
     image of that attribute (D counts it as another fake), plus the style reconstruction of that reference style;
     G's term is weighted ``ref_w`` (adversarial ``adv_w``, style ``sty_w`` inside), and so is D's.
+    ``optimistic`` (not upstream; Daskalakis et al., "Training GANs with Optimism", 2018): G's and D's Adam steps
+    take ``2·g_t − g_{t−1}`` (the clipped gradients), which damps the rotation of a bilinear game such as the one
+    between HiSD's extractor and D's linear style input; ``g_{t−1}`` is kept in the optimizer state (resumable).
     """
 
     batch_size: int = 8
@@ -183,6 +186,7 @@ class HiSDConfig(TrainConfig):
     ali_w: float = 1.0  # scales the gradient of G's loss on (real image, extracted style) pairs to the extractor
     ref_w: float = 0.0  # weight of the reference-guided translation term (not upstream; 0: off)
     color_jitter: float = 0.1  # upstream loader's ColorJitter(0.1, 0.1, 0.1, 0.1) per image (0: off)
+    optimistic: bool = False  # feed Adam 2·g_t − g_{t−1} (optimistic gradient; not upstream)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

@@ -244,7 +244,7 @@ class HiSDTrainer(ArchTrainer):
             self.optimizers["G"].zero_grad(set_to_none=True)
             g_total.backward()
             nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)  # upstream: clip 100
-            self.optimizers["G"].step()
+            self._step(self.optimizers["G"])
         else:  # D warm-up (TSDF release HiSD_Trainer.update_D): the same pairs from the frozen G, no G update
             with torch.no_grad(), self.autocast():
                 s = G.extract(x, i)
@@ -275,7 +275,7 @@ class HiSDTrainer(ArchTrainer):
         self.optimizers["D"].zero_grad(set_to_none=True)
         d_adv.backward()
         nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
-        self.optimizers["D"].step()
+        self._step(self.optimizers["D"])
         set_requires_grad(G, True)
         losses = {"D/adv": d_adv}
         if update_generator:
@@ -284,6 +284,22 @@ class HiSDTrainer(ArchTrainer):
             losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **({"G/ref": g_ref} if c.ref_w else {}),
                       **losses}
         return {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def _step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; with ``optimistic``, on ``2·g_t − g_{t−1}`` (``g_{t−1}`` in the optimizer's
+        per-parameter state, saved with it; set after Adam's own first step, which initialises that state)."""
+        if not self.config.optimistic:
+            optimizer.step()
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        current = [p.grad.clone() for p in params]
+        for p in params:
+            if "previous_grad" in optimizer.state[p]:
+                p.grad.mul_(2).sub_(optimizer.state[p]["previous_grad"])
+        optimizer.step()
+        for p, g in zip(params, current, strict=True):
+            optimizer.state[p]["previous_grad"] = g
 
     @torch.no_grad()
     def sample_grid(self, images: Tensor, attrs40: Tensor) -> Tensor:
