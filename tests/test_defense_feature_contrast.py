@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from tsdf_pipeline.defense.feature_contrast import (
+    bilinear_resize,
     enhance_feature_contrast,
     resize_feature,
     summed_feature_map,
@@ -77,3 +79,30 @@ def test_summed_map_equals_resize_then_channel_sum_and_averages_targets():
     torch.testing.assert_close(summed_feature_map(feat, 4), expected, atol=1e-5, rtol=1e-5)
     up = summed_feature_map(feat[:1, :, :, :2, :2], 4)
     assert up.shape == (3, 4, 4)
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(64, 64, 32), (8, 8, 32), (5, 7, 4), (32, 32, 32), (3, 3, 1)])
+def test_bilinear_resize_equals_interpolate_with_its_gradient(h, w, size):
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(h + w)).requires_grad_()
+    probe = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(size))
+    ours = bilinear_resize(x, size)
+    (grad,) = torch.autograd.grad((ours * probe).sum(), x)
+    ref = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    (ref_grad,) = torch.autograd.grad((ref * probe).sum(), x)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-12)
+
+
+def test_bilinear_resize_keeps_dtype_under_autocast_and_traces_without_upsample_ops():
+    feat = torch.randn(1, 2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert summed_feature_map(feat, 4).dtype == torch.float32  # the summed map stays fp32
+        assert resize_feature(feat.bfloat16(), 4).dtype == torch.bfloat16
+
+    def grad_of_resize(x):
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(resize_feature(x, 4).square().sum(), x)
+
+    resize_feature(feat, 4)  # the weights exist before tracing (the clean pass makes them in a run)
+    targets = {str(n.target) for n in make_fx(grad_of_resize)(feat).graph.nodes}
+    assert not any("upsample" in t for t in targets), targets  # no op that needs AOTInductor's proxy executor

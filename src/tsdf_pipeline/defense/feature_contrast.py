@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 _EPS = 1e-7
@@ -48,11 +48,40 @@ def enhance_feature_contrast(clean: Tensor, adv: Tensor, temperature: float = 0.
     return (enhanced - enh_mean) * (adv_std / (enh_std + _EPS)) + adv_mean
 
 
+@functools.lru_cache(maxsize=64)
+def _bilinear_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[n_out,n_in]`` interpolation matrix of a 1-D bilinear resize with ``align_corners=False``.
+
+    The source coordinate and the two taps are ATen's (``area_pixel_compute_source_index``): ``(i+0.5)·n_in/n_out
+    − 0.5``, clamped at 0, the right tap clamped to the last pixel.
+    """
+    weights = [[0.0] * n_in for _ in range(n_out)]
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        left = min(int(src), n_in - 1)
+        lam = src - left
+        weights[i][left] += 1.0 - lam
+        weights[i][min(left + 1, n_in - 1)] += lam
+    return torch.tensor(weights, dtype=dtype, device=device)
+
+
+def bilinear_resize(x: Tensor, size: int) -> Tensor:
+    """``[...,h,w]`` -> ``[...,size,size]``: ``F.interpolate(mode="bilinear", align_corners=False)`` up to rounding.
+
+    Written as two matrix products (rows, then columns) in ``x``'s dtype, autocast off: the same numbers, but its
+    backward is two matrix products too, which an AOTInductor package runs natively, while
+    ``upsample_bilinear2d_backward`` has no C shim and would go through AOTInductor's proxy executor.
+    """
+    h, w = x.shape[-2:]
+    with torch.autocast(x.device.type, enabled=False):
+        rows = _bilinear_weights(h, size, x.device, x.dtype)
+        cols = _bilinear_weights(w, size, x.device, x.dtype)
+        return rows @ x @ cols.transpose(0, 1)
+
+
 def resize_feature(feat: Tensor, size: int) -> Tensor:
     """``[T,N,C,h,w]`` -> ``[T,N,C,size,size]`` by bilinear resizing (``align_corners=False``, as the release)."""
-    t, n, c, h, w = feat.shape
-    out = F.interpolate(feat.reshape(t * n, c, h, w), size=(size, size), mode="bilinear", align_corners=False)
-    return out.view(t, n, c, size, size)
+    return bilinear_resize(feat, size)
 
 
 def summed_feature_map(feat: Tensor, size: int) -> Tensor:
@@ -62,7 +91,4 @@ def summed_feature_map(feat: Tensor, size: int) -> Tensor:
     a fraction of the cost. With one training target per victim (``targets: train``) the mean over T is a no-op;
     with several targets it keeps each victim's share independent of its target count.
     """
-    t, n, _, h, w = feat.shape
-    summed = feat.float().sum(2).reshape(t * n, 1, h, w)
-    out = F.interpolate(summed, size=(size, size), mode="bilinear", align_corners=False)
-    return out.view(t, n, size, size).mean(0)
+    return bilinear_resize(feat.float().sum(2), size).mean(0)
