@@ -2,7 +2,9 @@
 
 Session 9 saw the AOTInductor package of stage 1's feature step kill the process with a segmentation fault on an
 H200 (torch 2.11) right after it was built. This probe builds small packages that isolate the suspects and runs
-each case in its own process (a crash then ends only that case; ``-X faulthandler`` prints its Python stack):
+each case in its own process (a crash then ends only that case; ``-X faulthandler`` prints its Python stack).
+Session 10 (same card and torch): every case, eager and graph, crashed inside ``aoti_load_package``, so packages
+do not load on CUDA with that torch at all; run this first with another torch. The cases:
 
 * ``conv``: an input gradient through a convolution under bf16 autocast (what every victim step does);
 * ``bilinear``: the same plus the bilinear resize of the features, whose backward

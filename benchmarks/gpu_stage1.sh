@@ -34,7 +34,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}   # empt
   fi
   echo "## AOT-compiled step (AOTInductor package) + CUDA graphs, whole 30-epoch run: cold (builds it), warm (loads it)"
   AOT=$(mktemp -d)
-  export TSDF_EXPERIMENTAL_CUDA_AOT=1   # the package crashed on an H200 (session 9): opt in to retry it
+  export TSDF_EXPERIMENTAL_CUDA_AOT=1   # packages crash on loading with torch 2.11 (session 10): opt in to retry
   PYTHONPATH=src bench 400 --aot-cache "$AOT" --full-epochs 30 --only-full-run
   PYTHONPATH=src bench 120 --aot-cache "$AOT" --full-epochs 30 --only-full-run
   echo "## the same package without CUDA graphs (what graphs add; the fallback if capturing AOTInductor kernels fails)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
-from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
+from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN, InterruptionConfig, run_interruption
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -44,13 +46,13 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 
 @needs_cuda
+@pytest.mark.skipif(os.environ.get(CUDA_AOT_OPT_IN) != "1",
+                    reason=f"loading an AOTInductor package segfaults on CUDA with torch 2.11 (benchmarks/README.md); "
+                           f"{CUDA_AOT_OPT_IN}=1 runs it")
 @pytest.mark.parametrize("amp", [False, True])
-def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, monkeypatch, amp: bool):
+def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
     """AOTInductor package + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
     from tests.test_defense_interruption import data, standins
-    from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN
-
-    monkeypatch.setenv(CUDA_AOT_OPT_IN, "1")
 
     x, attrs = data(6)
     base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3)

@@ -181,10 +181,10 @@ class _Stage1:
         if config.aot_cache_dir is not None:
             if device.type == "cuda" and os.environ.get(CUDA_AOT_OPT_IN) != "1":
                 raise ValueError(
-                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: on CUDA the AOTInductor package "
-                    "crashed the process (a segmentation fault right after it was built, and again when a second "
-                    "run loaded it; torch 2.11, H200; benchmarks/README.md). On CUDA use compile: true, or set "
-                    f"{CUDA_AOT_OPT_IN}=1 to try it anyway.")
+                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: on CUDA, loading an AOTInductor "
+                    "package crashes the process (a segmentation fault in aoti_load_package, even for a package of "
+                    "one convolution; torch 2.11.0+cu130, H200; benchmarks/README.md). On CUDA use compile: true, "
+                    f"or set {CUDA_AOT_OPT_IN}=1 to try it anyway (e.g. with another torch).")
             key = self._aot_key()
             self.aot = {"feature": AotCompiledFunction(self._feature_tensor_step, config.aot_cache_dir,
                                                        {**key, "step": "feature"}),
