@@ -13,7 +13,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from tsdf_pipeline.defense.feature_contrast import (
     bilinear_resize,
     enhance_feature_contrast,
-    resize_feature,
     summed_feature_map,
 )
 
@@ -75,7 +74,7 @@ def test_enhancement_rejects_bad_shapes():
 
 def test_summed_map_equals_resize_then_channel_sum_and_averages_targets():
     feat = torch.randn(2, 3, 5, 8, 8, generator=torch.Generator().manual_seed(2))
-    expected = resize_feature(feat, 4).sum(2).mean(0)
+    expected = bilinear_resize(feat, 4).sum(2).mean(0)
     torch.testing.assert_close(summed_feature_map(feat, 4), expected, atol=1e-5, rtol=1e-5)
     up = summed_feature_map(feat[:1, :, :, :2, :2], 4)
     assert up.shape == (3, 4, 4)
@@ -97,12 +96,12 @@ def test_bilinear_resize_keeps_dtype_under_autocast_and_traces_without_upsample_
     feat = torch.randn(1, 2, 4, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert summed_feature_map(feat, 4).dtype == torch.float32  # the summed map stays fp32
-        assert resize_feature(feat.bfloat16(), 4).dtype == torch.bfloat16
+        assert bilinear_resize(feat.bfloat16(), 4).dtype == torch.bfloat16
 
     def grad_of_resize(x):
         x = x.detach().requires_grad_(True)
-        return torch.autograd.grad(resize_feature(x, 4).square().sum(), x)
+        return torch.autograd.grad(bilinear_resize(x, 4).square().sum(), x)
 
-    resize_feature(feat, 4)  # the weights exist before tracing (the clean pass makes them in a run)
+    bilinear_resize(feat, 4)  # the weights exist before tracing (the clean pass makes them in a run)
     targets = {str(n.target) for n in make_fx(grad_of_resize)(feat).graph.nodes}
     assert not any("upsample" in t for t in targets), targets  # no op that needs AOTInductor's proxy executor

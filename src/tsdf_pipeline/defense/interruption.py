@@ -47,8 +47,8 @@ from torch import Tensor
 from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.feature_contrast import (
+    bilinear_resize,
     enhance_feature_contrast,
-    resize_feature,
     summed_feature_map,
 )
 from tsdf_pipeline.defense.input_diversity import (
@@ -240,7 +240,7 @@ class _Stage1:
                 out, feat = v.edit_with_feature(x, t, compiled=False)  # once per image: not worth a compile
                 targets.append(t)
                 outputs.append(out)
-                features.append(resize_feature(feat, cfg.feature_size))
+                features.append(bilinear_resize(feat, cfg.feature_size))
                 feature_map = feature_map + summed_feature_map(feat, cfg.feature_size)
         entry = _CleanPass(targets, outputs, features, feature_map)
         if cfg.cache_clean == "batch":
@@ -273,7 +273,7 @@ class _Stage1:
                 x_di = apply_diversity(x_adv, draw.index[m], draw.valid[m])
                 out, feat = v.edit_with_feature(x_di, clean.targets[m])
                 out_mse = F.mse_loss(out.float(), clean.outputs[m].float())
-                feat_mse = F.mse_loss(resize_feature(feat, cfg.feature_size).float(), clean.features[m].float())
+                feat_mse = F.mse_loss(bilinear_resize(feat, cfg.feature_size).float(), clean.features[m].float())
                 losses.append(-(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse))
         return torch.stack(losses)
 
