@@ -1,14 +1,13 @@
-"""Which part of the ahead-of-time compiled stage-1 step crashes on CUDA (torch only, no kedro needed).
+"""Whether the ahead-of-time compiled stage-1 steps run on CUDA, case by case (torch only, no kedro needed).
 
-Session 9 saw the AOTInductor package of stage 1's feature step kill the process with a segmentation fault on an
-H200 (torch 2.11) right after it was built. This probe builds small packages that isolate the suspects and runs
-each case in its own process (a crash then ends only that case; ``-X faulthandler`` prints its Python stack).
-Session 10 (same card and torch): every case, eager and graph, crashed inside ``aoti_load_package``, so packages
-do not load on CUDA with that torch at all; run this first with another torch. The cases:
+On an H200 with torch 2.11, AOTInductor packages killed the process with a segmentation fault: stage 1's feature
+step in session 9, and in session 10 every case below, even one convolution, inside ``aoti_load_package``. The steps are now Inductor standalone artifacts
+(``aot_compile``), which have not run on a GPU yet. Each case runs in its own process (a crash then ends only that
+case; ``-X faulthandler`` prints its Python stack). The cases:
 
 * ``conv``: an input gradient through a convolution under bf16 autocast (what every victim step does);
-* ``bilinear``: the same plus the bilinear resize of the features, whose backward
-  (``aten.upsample_bilinear2d_backward``) has no C shim, so AOTInductor calls it through its proxy executor;
+* ``bilinear``: the same plus ``F.interpolate``'s bilinear resize (its backward has no AOTInductor C shim; stage 1
+  now resizes by matrix products);
 * ``demo``: stage 1 itself on the demo-size victims (random weights, 64 px, 2 epochs of 2 batches);
 
 each run eagerly (``eager``) and inside a CUDA graph capture (``graph``, as ``cuda_graphs`` does)::

@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="timed batches (after one warm-up batch)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--aot-cache", default=None, metavar="DIR",
-                        help="compile the batch step ahead of time (AOTInductor) into DIR; a later run loads it")
+                        help="compile the steps ahead of time (Inductor artifacts) into DIR; a later run loads them")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
     parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")

@@ -47,11 +47,11 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 @needs_cuda
 @pytest.mark.skipif(os.environ.get(CUDA_AOT_OPT_IN) != "1",
-                    reason=f"loading an AOTInductor package segfaults on CUDA with torch 2.11 (benchmarks/README.md); "
-                           f"{CUDA_AOT_OPT_IN}=1 runs it")
+                    reason=f"the AOT artifacts have not run on a GPU yet (benchmarks/README.md); {CUDA_AOT_OPT_IN}=1 "
+                           "runs this")
 @pytest.mark.parametrize("amp", [False, True])
 def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
-    """AOTInductor package + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
+    """AOT-compiled steps (Inductor standalone artifacts) + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
     from tests.test_defense_interruption import data, standins
 
     x, attrs = data(6)

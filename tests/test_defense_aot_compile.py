@@ -1,4 +1,4 @@
-"""Stage 1's steps compiled ahead of time (AOTInductor): same result as eager, reused across runs."""
+"""Stage 1's steps compiled ahead of time (Inductor standalone artifacts): same result as eager, reused across runs."""
 
 from __future__ import annotations
 
@@ -15,43 +15,45 @@ from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interrupt
 from tsdf_pipeline.defense.state import tensor_digest
 
 
-def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_package(tmp_path, monkeypatch):
+def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp_path, monkeypatch):
     x, attrs = data(4)
     base = dict(epochs=2, batch_size=2, device="cpu", progress=False, seed=3)
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
     config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
     compiled = run_interruption(standins(), x, attrs, config)
     files = sorted((tmp_path / "aot").iterdir())
-    assert sorted(p.suffix for p in files) == [".json", ".json", ".pt2", ".pt2"]  # the feature and end-to-end steps
+    # the feature and end-to-end steps: artifact, lifted weights, output structure
+    assert sorted("".join(p.suffixes) for p in files) == [".bin", ".bin", ".constants.pt", ".constants.pt",
+                                                          ".json", ".json"]
     # Inductor may reorder float sums; a sign step flips only where a gradient is ~0.
     assert (eager.w == compiled.w).float().mean().item() > 0.99
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
 
     def no_compile(*_args, **_kwargs):
-        raise AssertionError("the package of the first run should have been loaded, not rebuilt")
+        raise AssertionError("the artifact of the first run should have been loaded, not rebuilt")
 
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
     again = run_interruption(standins(), x, attrs, config)
     assert torch.equal(again.w, compiled.w) and again.history == compiled.history
-    other_seed = run_interruption(standins(), x, attrs, dataclasses.replace(config, seed=4))  # same package
+    other_seed = run_interruption(standins(), x, attrs, dataclasses.replace(config, seed=4))  # same artifact
     assert not torch.equal(other_seed.w, compiled.w)
     other_weights = standins()
     with torch.no_grad():
         next(other_weights[0].parameters()).add_(1.0)
-    with pytest.raises(AssertionError, match="should have been loaded"):  # new weights: a new package
+    with pytest.raises(AssertionError, match="should have been loaded"):  # new weights: a new artifact
         run_interruption(other_weights, x, attrs, config)
 
 
-def test_package_names_cover_key_and_input_signature(tmp_path):
+def test_artifact_names_cover_key_and_input_signature(tmp_path):
     fn = AotCompiledFunction(lambda a: a * 2, tmp_path, key={"weights": "abc"})
     a, spec = [torch.zeros(2, 3)], tree_flatten((torch.zeros(1),))[1]
-    path = fn.package_path(a, spec)
-    assert path.parent == tmp_path and path.suffix == ".pt2"
-    assert path == AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abc"}).package_path(a, spec)
-    assert path != AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abd"}).package_path(a, spec)
-    assert path != fn.package_path([torch.zeros(3, 2)], spec)
-    assert path != fn.package_path([torch.zeros(2, 3, dtype=torch.float64)], spec)
-    assert path != fn.package_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
+    path = fn.artifact_path(a, spec)
+    assert path.parent == tmp_path and path.suffix == ".bin"
+    assert path == AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abc"}).artifact_path(a, spec)
+    assert path != AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abd"}).artifact_path(a, spec)
+    assert path != fn.artifact_path([torch.zeros(3, 2)], spec)
+    assert path != fn.artifact_path([torch.zeros(2, 3, dtype=torch.float64)], spec)
+    assert path != fn.artifact_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
 
 
 def test_tensor_digest_reads_the_bytes_of_any_dtype():
@@ -61,19 +63,20 @@ def test_tensor_digest_reads_the_bytes_of_any_dtype():
     assert tensor_digest(t.bfloat16()) != tensor_digest(t.half())
 
 
-def test_a_damaged_package_is_named_in_the_error(tmp_path):
+def test_a_damaged_artifact_is_named_in_the_error(tmp_path):
     fn = AotCompiledFunction(lambda a: (a * 2,), tmp_path, key="k")
     a = torch.ones(2)
-    path = fn.package_path([a], tree_flatten((a,))[1])
-    path.write_bytes(b"not a package")
+    path = fn.artifact_path([a], tree_flatten((a,))[1])
+    path.write_bytes(b"not an artifact")
+    torch.save([], path.with_suffix(".constants.pt"))
     path.with_suffix(".json").write_text("{}")
-    with pytest.raises(RuntimeError, match=rf"{path.name}: cannot load .* delete both files"):
+    with pytest.raises(RuntimeError, match=rf"{path.name}: cannot load .* delete the three files"):
         fn(a)
 
 
 def test_autocast_and_autograd_inside_the_function_are_compiled_in(tmp_path):
     """What stage 1 does on CUDA (bf16 autocast around the victims, an input gradient), here with CPU bf16 autocast:
-    the package computes in bf16 like the eager function, not in fp32."""
+    the artifact computes in bf16 like the eager function, not in fp32."""
 
     def fn(a, w):
         a = a.detach().requires_grad_(True)
@@ -90,7 +93,7 @@ def test_autocast_and_autograd_inside_the_function_are_compiled_in(tmp_path):
     assert (compiled["y"] - torch.nn.functional.conv2d(a, w)).abs().max() > 1e-3  # bf16, not fp32
 
 
-def test_the_package_key_covers_victim_settings_and_non_persistent_buffers():
+def test_the_artifact_key_covers_victim_settings_and_non_persistent_buffers():
     """HiSD keeps its reference image in a non-persistent buffer and its tag in ``describe()``."""
     from tsdf_pipeline.defense.interruption import _Stage1
     from tsdf_pipeline.defense.victim_ops import prepare_victims
@@ -110,8 +113,8 @@ def test_the_package_key_covers_victim_settings_and_non_persistent_buffers():
     assert key(victims) != before
 
 
-def test_cuda_needs_the_opt_in_until_the_package_is_known_to_run_there(monkeypatch, tmp_path):
-    """On CUDA the package crashed the process (torch 2.11, H200): a clear error instead, unless opted in."""
+def test_cuda_needs_the_opt_in_until_the_artifacts_are_known_to_run_there(monkeypatch, tmp_path):
+    """Not yet run on CUDA (AOTInductor packages crashed there): a clear error instead, unless opted in."""
     from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN, _Stage1
     from tsdf_pipeline.defense.victim_ops import prepare_victims
 

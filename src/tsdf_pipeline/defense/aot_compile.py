@@ -1,15 +1,18 @@
-"""Compile a pure tensor function ahead of time with AOTInductor and keep the package for later runs.
+"""Compile a pure tensor function ahead of time with Inductor and keep the compiled artifact for later runs.
 
 ``torch.compile`` re-traces its graphs with Dynamo in every new process (≈ 6 s for stage 1's 8 victim frames on
 an H100, even with a warm on-disk cache). Here the whole function, autograd included, is traced once into one
-ATen graph (``make_fx``), exported and compiled into a ``.pt2`` package that a later run loads in milliseconds
-without tracing anything.
+ATen graph (``make_fx``), its tensor constants (the victims' weights) are lifted to inputs, and Inductor compiles
+it into a standalone artifact (``torch._inductor.standalone_compile``: the same Python wrapper and kernels as
+``torch.compile``) that a later run loads without tracing anything. (Until session 10 this was an AOTInductor
+``.pt2`` package; on CUDA with torch 2.11 loading any such package crashes the process.)
 
 Contract of ``fn`` (as for :class:`~tsdf_pipeline.defense.cuda_graphs.GraphedFunction`): arguments and results
 are (nested tuples / lists / dicts of) tensors; it is pure, without host syncs, data-dependent shapes or random
-draws. Everything else it reads (the victims' weights, the targets' names, the config) is baked into the package,
-so ``key`` must name all of it; the package file name is a digest of ``key``, the input signature, torch's
-version and the device.
+draws. Everything else it reads (the victims' weights, the targets' names, the config) is baked into the
+artifact, so ``key`` must name all of it; the file names are a digest of ``key``, the input signature, torch's
+version and the device. An artifact holds compiled code that loading runs: keep ``cache_dir`` as private as
+the code itself.
 """
 
 from __future__ import annotations
@@ -25,29 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
 
 log = logging.getLogger(__name__)
 
 
-class _Flat(nn.Module):
-    """An exportable module around a traced graph over flat tensor arguments."""
-
-    def __init__(self, traced: nn.Module) -> None:
-        super().__init__()
-        self.traced = traced  # not "graph": the exported module's own fx graph goes by that name
-
-    def forward(self, *leaves: Tensor) -> Any:
-        return self.traced(*leaves)
-
-
 class AotCompiledFunction:
     """``AotCompiledFunction(fn, cache_dir, key)(*args)`` equals ``fn(*args)`` up to floating-point rounding.
 
-    The first call for an input signature loads ``cache_dir/<digest>.pt2`` if an earlier run wrote it, otherwise
-    traces, compiles and writes it (atomically, with its output structure beside it in ``<digest>.json``).
+    The first call for an input signature loads ``cache_dir/<digest>.bin`` (the compiled artifact) with its
+    ``<digest>.constants.pt`` (the lifted weights) and ``<digest>.json`` (the output structure) if an earlier run
+    wrote them, otherwise traces, compiles and writes them (each atomically, the ``.json`` last).
     """
 
     def __init__(self, fn: Callable[..., Any], cache_dir: str | os.PathLike, key: Any) -> None:
@@ -56,19 +49,19 @@ class AotCompiledFunction:
         self.key = json.dumps(key, sort_keys=True, default=str)
         self.compiled: dict[tuple, tuple[Callable[..., Any], Any]] = {}
 
-    def package_path(self, leaves: list[Tensor], spec: Any) -> Path:
-        """Where the package for these inputs lives (``cache_dir/<digest>.pt2``)."""
+    def artifact_path(self, leaves: list[Tensor], spec: Any) -> Path:
+        """Where the artifact for these inputs lives (``cache_dir/<digest>.bin``)."""
         device = leaves[0].device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         text = json.dumps([self.key, treespec_dumps(spec), _signature(leaves), torch.__version__, name], default=str)
-        return self.cache_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt2"
+        return self.cache_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
 
     def __call__(self, *args: Any) -> Any:
         leaves, spec = tree_flatten(args)
         memo = (str(spec), _signature(leaves), str(leaves[0].device))
         entry = self.compiled.get(memo)
         if entry is None:
-            path = self.package_path(leaves, spec)
+            path = self.artifact_path(leaves, spec)
             entry = self.compiled[memo] = self._load(path) if _complete(path) else self._build(path, leaves, spec)
         runner, out_spec = entry
         return tree_unflatten(list(runner(*leaves)), out_spec)
@@ -83,39 +76,77 @@ class AotCompiledFunction:
 
         start = time.perf_counter()
         traced = make_fx(flat_fn, tracing_mode="real")(*leaves)  # runs fn once, recording forward and backward ops
-        exported = torch.export.export(_Flat(traced), tuple(leaves))
+        constants = _lift_constants(traced)
         traced_at = time.perf_counter()
+        artifact = torch._inductor.standalone_compile(traced, [*leaves, *constants],
+                                                      dynamic_shapes="from_example_inputs")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
-        os.close(fd)
-        try:
-            torch._inductor.aoti_compile_and_package(exported, package_path=tmp)
-            _atomic_write(path.with_suffix(".json"), treespec_dumps(out_spec[0]))
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        log.info("AOT package %s: traced and exported %d nodes in %.1f s, compiled in %.1f s", path.name,
-                 len(traced.graph.nodes), traced_at - start, time.perf_counter() - traced_at)
+        _atomic_write(path, lambda tmp: artifact.save(path=str(tmp), format="binary"))
+        _atomic_write(_constants_path(path), lambda tmp: torch.save(constants, tmp))
+        _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(treespec_dumps(out_spec[0])))
+        log.info("AOT artifact %s: traced %d nodes (%d constants lifted) in %.1f s, compiled in %.1f s", path.name,
+                 len(traced.graph.nodes), len(constants), traced_at - start, time.perf_counter() - traced_at)
         return self._load(path)
 
     @staticmethod
     def _load(path: Path) -> tuple[Callable[..., Any], Any]:
+        from torch._inductor.standalone_compile import CompiledArtifact
+
         try:
-            return torch._inductor.aoti_load_package(str(path)), treespec_loads(path.with_suffix(".json").read_text())
+            artifact = CompiledArtifact.load(path=str(path), format="binary")
+            constants = torch.load(_constants_path(path), weights_only=True)
+            out_spec = treespec_loads(path.with_suffix(".json").read_text())
         except Exception as err:
-            raise RuntimeError(f"{path}: cannot load this AOTInductor package or its {path.with_suffix('.json').name} "
-                               f"({err}); delete both files to rebuild them") from err
+            raise RuntimeError(f"{path}: cannot load this compiled artifact, its {_constants_path(path).name} or its "
+                               f"{path.with_suffix('.json').name} ({err}); delete the three files to rebuild them"
+                               ) from err
+        return (lambda *leaves: artifact(*leaves, *constants)), out_spec
+
+
+def _lift_constants(traced: fx.GraphModule) -> list[Tensor]:
+    """Turn every tensor the traced graph reads as an attribute into a trailing input, in place; returns them.
+
+    A loaded standalone artifact takes all its tensors as inputs (Inductor lifts a graph's attributes only while
+    compiling), so the weights travel beside it in ``<digest>.constants.pt``.
+    """
+    graph = traced.graph
+    last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    lifted: dict[str, fx.Node] = {}
+    constants: list[Tensor] = []
+    for node in list(graph.nodes):
+        if node.op != "get_attr" or not isinstance(getattr(traced, node.target, None), Tensor):
+            continue
+        if node.target not in lifted:
+            with graph.inserting_after(last_input):
+                last_input = lifted[node.target] = graph.placeholder(f"constant_{len(constants)}")
+            constants.append(getattr(traced, node.target).detach())
+        node.replace_all_uses_with(lifted[node.target])
+        graph.erase_node(node)
+    for target in lifted:
+        delattr(traced, target)
+    graph.lint()
+    traced.recompile()
+    return constants
 
 
 def _signature(leaves: list[Tensor]) -> tuple[tuple[tuple[int, ...], str, tuple[int, ...]], ...]:
     return tuple((tuple(t.shape), str(t.dtype), t.stride()) for t in leaves)
 
 
+def _constants_path(path: Path) -> Path:
+    return path.with_suffix(".constants.pt")
+
+
 def _complete(path: Path) -> bool:
-    return path.is_file() and path.with_suffix(".json").is_file()
+    return all(p.is_file() for p in (path, _constants_path(path), path.with_suffix(".json")))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path`` (no half-written file)."""
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -69,9 +69,9 @@ def bilinear_resize(x: Tensor, size: int) -> Tensor:
     """``[...,h,w]`` -> ``[...,size,size]``: ``F.interpolate(mode="bilinear", align_corners=False)`` up to rounding.
 
     Written as two matrix products (rows, then columns) in ``x``'s dtype, autocast off: the same numbers (the
-    release resizes TSDF's features this way with ``F.interpolate``), 3x faster on the CPU, and its backward is two
-    matrix products too, which an AOTInductor package runs natively (``upsample_bilinear2d_backward`` has no C shim
-    and would go through AOTInductor's proxy executor).
+    release resizes TSDF's features with ``F.interpolate``), 3x faster on the CPU, and a backward of two matrix
+    products instead of ``upsample_bilinear2d_backward``, which AOTInductor could only call through its proxy
+    executor.
     """
     h, w = x.shape[-2:]
     with torch.autocast(x.device.type, enabled=False):

@@ -26,9 +26,9 @@ Differences from the release, none of which changes the update:
 * On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
   that size: the same kernels without the host's launch overhead.
 * ``aot_cache_dir``: the feature step and the end-to-end step (pure tensor functions) are each traced once,
-  compiled ahead of time with AOTInductor and stored there; a later run with the same victims, weights, config
-  and shapes loads them instead of compiling (``aot_compile``). One package per step kind, not one per batch: the
-  feature step is compiled once for all its ``inner_steps`` calls.
+  compiled ahead of time by Inductor and stored there; a later run with the same victims, weights, config and
+  shapes loads them instead of tracing and compiling (``aot_compile``). One artifact per step kind, not one per
+  batch: the feature step is compiled once for all its ``inner_steps`` calls.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class InterruptionConfig(AttackSettings):
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
-    aot_cache_dir: str | None = None  # compile the steps ahead of time (AOTInductor) and keep them here (CPU)
+    aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here (CPU)
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -176,15 +176,15 @@ class _Stage1:
         self.plan: DiversityDraw | None = None
         self._graph_targets: list[Any] | None = None
         # The feature step and the end-to-end step over tensors only, each compiled ahead of time into its own
-        # package (the feature step's serves its `inner_steps` calls); None: run them as Python.
+        # artifact (the feature step's serves its `inner_steps` calls); None: run them as Python.
         self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
             if device.type == "cuda" and os.environ.get(CUDA_AOT_OPT_IN) != "1":
                 raise ValueError(
-                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: on CUDA, loading an AOTInductor "
-                    "package crashes the process (a segmentation fault in aoti_load_package, even for a package of "
-                    "one convolution; torch 2.11.0+cu130, H200; benchmarks/README.md). On CUDA use compile: true, "
-                    f"or set {CUDA_AOT_OPT_IN}=1 to try it anyway (e.g. with another torch).")
+                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: its Inductor standalone "
+                    "artifacts have not run on a GPU yet (the AOTInductor packages used before crashed the process on "
+                    "loading; torch 2.11.0+cu130, H200; benchmarks/README.md). On CUDA use compile: true, or set "
+                    f"{CUDA_AOT_OPT_IN}=1 to try it.")
             key = self._aot_key()
             self.aot = {"feature": AotCompiledFunction(self._feature_tensor_step, config.aot_cache_dir,
                                                        {**key, "step": "feature"}),
@@ -196,9 +196,9 @@ class _Stage1:
             self.tensor_step = GraphedFunction(self._graph_step)
 
     def _aot_key(self) -> dict[str, Any]:
-        """Everything an ahead-of-time package bakes in besides its inputs: the config, each victim's settings
+        """Everything an ahead-of-time artifact bakes in besides its inputs: the config, each victim's settings
         (``describe()``, e.g. HiSD's tag), layout, parameters and buffers (e.g. HiSD's reference image). The seed
-        is not: the step draws nothing (its random tables are inputs), so seeds share a package."""
+        is not: the step draws nothing (its random tables are inputs), so seeds share an artifact."""
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in (*RUNTIME_FIELDS, "seed")}
         victims = {v.name: [v.victim.describe(), v.channels_last,
                             [tensor_digest(t) for t in [*v.victim.parameters(), *v.victim.buffers()]]]
@@ -343,7 +343,7 @@ class _Stage1:
 
     def _from_tensors(self, clean: dict[str, Any]) -> _CleanPass:
         """The clean pass back from :func:`_clean_tensors`: target names are fixed per victim (those of the last
-        :meth:`step`), only the condition tensors travel through a graph or a package."""
+        :meth:`step`), only the condition tensors travel through a graph or an artifact."""
         assert self._graph_targets is not None
         targets = [dataclasses.replace(t, cond=c) for t, c in zip(self._graph_targets, clean["conds"], strict=True)]
         return _CleanPass(targets, clean["outputs"], clean["features"], clean["feature_map"])
@@ -378,7 +378,7 @@ class _Stage1:
 
 
 def _clean_tensors(clean: _CleanPass) -> dict[str, Any]:
-    """The tensors of a clean pass (what a CUDA graph or an AOT package takes as inputs)."""
+    """The tensors of a clean pass (what a CUDA graph or an AOT artifact takes as inputs)."""
     return {"conds": [t.cond for t in clean.targets], "outputs": clean.outputs, "features": clean.features,
             "feature_map": clean.feature_map}
 
