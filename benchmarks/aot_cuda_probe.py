@@ -1,8 +1,9 @@
 """Whether the ahead-of-time compiled stage-1 steps run on CUDA, case by case (torch only, no kedro needed).
 
-On an H200 with torch 2.11, AOTInductor packages killed the process with a segmentation fault: stage 1's feature
-step in session 9, and in session 10 every case below, even one convolution, inside ``aoti_load_package``. The steps are now Inductor standalone artifacts
-(``aot_compile``), which have not run on a GPU yet. Each case runs in its own process (a crash then ends only that
+On an H200 with torch 2.11, AOTInductor packages killed the process with a segmentation fault inside
+``aoti_load_package``: stage 1's feature step (sessions 9 and 10) and, in session 10, the ``conv`` and ``bilinear``
+cases below (the ``demo`` case did not start within that call's limit). The steps are now Inductor standalone
+artifacts (``aot_compile``), which have not run on a GPU yet. Each case runs in its own process (a crash then ends only that
 case; ``-X faulthandler`` prints its Python stack). The cases:
 
 * ``conv``: an input gradient through a convolution under bf16 autocast (what every victim step does);
@@ -12,7 +13,7 @@ case; ``-X faulthandler`` prints its Python stack). The cases:
 
 each run eagerly (``eager``) and inside a CUDA graph capture (``graph``, as ``cuda_graphs`` does)::
 
-    python benchmarks/aot_cuda_probe.py                   # every case on CUDA (about 2-4 min, mostly compiling)
+    python benchmarks/aot_cuda_probe.py                   # every case on CUDA (over 5 min at torch 2.11)
     python benchmarks/aot_cuda_probe.py --device cpu      # the eager cases on the CPU
 """
 
