@@ -3,8 +3,8 @@
 On an H200 with torch 2.11, AOTInductor packages killed the process with a segmentation fault inside
 ``aoti_load_package``: stage 1's feature step (sessions 9 and 10) and, in session 10, the ``conv`` and ``bilinear``
 cases below (the ``demo`` case did not start within that call's limit). The steps are now Inductor standalone
-artifacts (``aot_compile``), which have not run on a GPU yet. Each case runs in its own process (a crash then ends only that
-case; ``-X faulthandler`` prints its Python stack). The cases:
+artifacts (``aot_compile``), which have not run on a GPU yet. Each case runs in its own process (a crash then ends
+only that case; ``-X faulthandler`` prints its Python stack). The cases:
 
 * ``conv``: an input gradient through a convolution under bf16 autocast (what every victim step does);
 * ``bilinear``: the same plus ``F.interpolate``'s bilinear resize (its backward has no AOTInductor C shim; stage 1
@@ -46,7 +46,7 @@ def _input_gradient(x: torch.Tensor, w: torch.Tensor, *, resize: bool) -> dict[s
 
 
 def run_case(case: str, mode: str, device: torch.device, cache: str) -> None:
-    """One case in this process; raises if the package disagrees with the eager function."""
+    """One case in this process; raises if the artifact disagrees with the eager function."""
     if case == "demo":
         from stage1_speed import build_victims  # beside this script
 
@@ -88,7 +88,7 @@ def main() -> None:
     modes = ("eager", "graph") if device.type == "cuda" else ("eager",)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     for case in args.cases:
-        with tempfile.TemporaryDirectory() as cache:  # one package per case, shared by its two modes
+        with tempfile.TemporaryDirectory() as cache:  # one artifact per case, shared by its two modes
             for mode in modes:
                 start = time.perf_counter()
                 proc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--device", args.device,

@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("tsdf_pipeline").setLevel(logging.INFO)  # e.g. how long an AOT package took to build
+    logging.getLogger("tsdf_pipeline").setLevel(logging.INFO)  # e.g. how long an AOT artifact took to build
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

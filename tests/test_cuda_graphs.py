@@ -51,7 +51,8 @@ def test_graphed_stage1_matches_the_eager_loop():
                            "runs this")
 @pytest.mark.parametrize("amp", [False, True])
 def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
-    """AOT-compiled steps (Inductor standalone artifacts) + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
+    """AOT-compiled steps (Inductor standalone artifacts) + graph replay (channels-last, bf16 when ``amp``) against
+    eager launches."""
     from tests.test_defense_interruption import data, standins
 
     x, attrs = data(6)
