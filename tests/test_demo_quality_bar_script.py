@@ -1,0 +1,46 @@
+"""The demo quality-bar script: the per-direction floor of the flip rates, and one victim end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("demo_quality_bar", ROOT / "scripts/demo_quality_bar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_change_rates_count_each_direction_among_its_own_images():
+    male = np.array([True, True, True, False, False])
+    changed = np.array([True, False, False, True, True])
+    rates = _script().change_rates(changed, male)
+    assert rates == {"gender_change_rate": pytest.approx(3 / 5), "gender_change_female_to_male": 1.0,
+                     "gender_change_male_to_female": pytest.approx(1 / 3)}
+
+
+def test_hisd_bar_reports_its_self_translation_floor(tmp_path):
+    shipped = ROOT / "data/06_models/demo/hisd"
+    (tmp_path / "hisd").mkdir()
+    shutil.copyfile(shipped / "gen_00600000.pt", tmp_path / "hisd/gen_00600000.pt")
+    subprocess.run([sys.executable, str(ROOT / "scripts/demo_quality_bar.py"), "--models", str(tmp_path),
+                    "--victims", "hisd"], check=True, capture_output=True, cwd=ROOT)
+    rows = json.loads((tmp_path / "quality_bar.json").read_text())["hisd"]
+    assert (tmp_path / "demo_hisd.png").is_file()
+    floor = rows["self_translation"]
+    assert 0 < floor["mean_abs_change"] < 0.5
+    for key in ("gender_change_rate", "gender_change_female_to_male", "gender_change_male_to_female"):
+        assert 0.0 <= floor[key] <= 1.0
+    # The reference edit (to male) is scored on the female images, the latent edit to female on the male ones.
+    assert rows["ref_Gender"]["gender_flip_images"] + rows["latent_Gender_female"]["gender_flip_images"] == 48
