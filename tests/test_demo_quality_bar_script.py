@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("demo_quality_bar", ROOT / "scripts/demo_quality_bar.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_modules import ROOT, load_script
 
 
 def test_change_rates_count_each_direction_among_its_own_images():
     male = np.array([True, True, True, False, False])
     changed = np.array([True, False, False, True, True])
-    rates = _script().change_rates(changed, male)
+    rates = load_script("demo_quality_bar").change_rates(changed, male)
     assert rates == {"gender_change_rate": pytest.approx(3 / 5), "gender_change_female_to_male": 1.0,
                      "gender_change_male_to_female": pytest.approx(1 / 3)}
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_demo_victims", ROOT / "scripts/train_demo_victims.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_modules import ROOT, load_script
 
 
 def test_recorded_command_drops_output_folders_and_keeps_the_recipe_arguments():
-    command = _script().recorded_command([
+    command = load_script("train_demo_victims").recorded_command([
         str(ROOT / "scripts/train_demo_victims.py"), "--config", str(ROOT / "conf/base/x.yml"), "--out", "/elsewhere/demo",
         "--work=/elsewhere/work", "--device", "cuda", "--max-seconds", "457.0", "--archs", "hisd"])
     assert command == ("python scripts/train_demo_victims.py --config conf/base/x.yml --device cuda "
@@ -29,7 +20,7 @@ def test_recorded_command_drops_output_folders_and_keeps_the_recipe_arguments():
 
 
 def test_set_values_are_yaml_with_exponent_numbers_as_floats():
-    parse = _script()._key_value
+    parse = load_script("train_demo_victims")._key_value
     assert parse("lr_gen_mappers=1e-4") == ("lr_gen_mappers", 1e-4)  # YAML 1.1 alone reads a string
     assert parse("condition_attrs=[Male, Young]") == ("condition_attrs", ["Male", "Young"])
     assert parse("progress=false") == ("progress", False)
