@@ -4,8 +4,8 @@
 an H100, even with a warm on-disk cache). Here the whole function, autograd included, is traced once into one
 ATen graph (``make_fx``), its tensor constants (the victims' weights) are lifted to inputs, and Inductor compiles
 it into a standalone artifact (``torch._inductor.standalone_compile``: the same Python wrapper and kernels as
-``torch.compile``) that a later run loads without tracing anything. (Until session 10 this was an AOTInductor
-``.pt2`` package; on CUDA with torch 2.11 loading any such package crashes the process.)
+``torch.compile``) that a later run loads without tracing anything. (Not an AOTInductor ``.pt2`` package: on
+CUDA with torch 2.11 loading any such package crashes the process; benchmarks/README.md.)
 
 Contract of ``fn`` (as for :class:`~tsdf_pipeline.defense.cuda_graphs.GraphedFunction`): arguments and results
 are (nested tuples / lists / dicts of) tensors; it is pure, without host syncs, data-dependent shapes or random

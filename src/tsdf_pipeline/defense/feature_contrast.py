@@ -70,8 +70,7 @@ def bilinear_resize(x: Tensor, size: int) -> Tensor:
 
     Written as two matrix products (rows, then columns) in ``x``'s dtype, autocast off: the same numbers (the
     release resizes TSDF's features with ``F.interpolate``), 3x faster on the CPU, and a backward of two matrix
-    products instead of ``upsample_bilinear2d_backward``, which AOTInductor could only call through its proxy
-    executor.
+    products instead of ``upsample_bilinear2d_backward``.
     """
     h, w = x.shape[-2:]
     with torch.autocast(x.device.type, enabled=False):
