@@ -267,6 +267,21 @@ def test_hisd_ref_w_adds_a_reference_guided_term_and_is_off_by_default() -> None
                if n.startswith("extractors."))
 
 
+def test_hisd_mismatch_w_adds_a_real_wrong_attribute_term_to_the_discriminator_only() -> None:
+    upstream, upstream_losses = _hisd_after_one_step()
+    assert make_config("hisd").mismatch_w == 0.0
+    trainer, losses = _hisd_after_one_step(mismatch_w=1.0)
+    # G's step comes first and sees the same draws; the reference batch for the mismatch is drawn after it.
+    for key in ("G/adv", "G/sty", "G/rec"):
+        assert losses[key] == pytest.approx(upstream_losses[key])
+    params = dict(trainer.generator.named_parameters())
+    assert all(torch.equal(p, params[n]) for n, p in upstream.generator.named_parameters())
+    # D's loss gains relu(1 + D(x, s_ref)[j_trg]) >= 0 (> 0 for an untrained D), and D moves differently.
+    assert losses["D/adv"] > upstream_losses["D/adv"]
+    dis = dict(trainer.discriminator.named_parameters())
+    assert any(not torch.allclose(p, dis[n]) for n, p in upstream.discriminator.named_parameters())
+
+
 def test_config_defaults_and_overrides() -> None:
     star = make_config("stargan")
     assert (star.lambda_cls, star.lambda_rec, star.lambda_gp, star.n_critic, star.g_lr, star.beta1) == \

@@ -163,6 +163,10 @@ class HiSDConfig(TrainConfig):
     ``optimistic`` (not upstream; Daskalakis et al., "Training GANs with Optimism", 2018): G's and D's Adam steps
     take ``2·g_t − g_{t−1}`` (the clipped gradients), which damps the rotation of a bilinear game such as the one
     between HiSD's extractor and D's linear style input; ``g_{t−1}`` is kept in the optimizer state (resumable).
+    ``mismatch_w`` > 0 (not upstream; the matching-aware discriminator of Reed et al., "Generative Adversarial
+    Text to Image Synthesis", 2016) adds to D's loss ``mismatch_w · relu(1 + D_trg(x)[j_trg])``: the real source
+    image, of attribute ``j``, is a fake for the target attribute's translated head. Upstream's heads only ever
+    see real images of their own attribute, so on small data a head need not learn the attribute at all.
     """
 
     batch_size: int = 8
@@ -187,6 +191,7 @@ class HiSDConfig(TrainConfig):
     ref_w: float = 0.0  # weight of the reference-guided translation term (not upstream; 0: off)
     color_jitter: float = 0.1  # upstream loader's ColorJitter(0.1, 0.1, 0.1, 0.1) per image (0: off)
     optimistic: bool = False  # feed Adam 2·g_t − g_{t−1} (optimistic gradient; not upstream)
+    mismatch_w: float = 0.0  # weight of D's real-but-wrong-attribute term (not upstream; 0: off)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

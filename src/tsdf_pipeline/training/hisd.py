@@ -255,6 +255,10 @@ class HiSDTrainer(ArchTrainer):
                 if c.ref_w:
                     s_ref, x_ref_trg = self._reference_translation(sampler, e, i, j_trg)
 
+        if c.mismatch_w:
+            with torch.no_grad(), self.autocast():
+                x_ref = self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
+                s_mismatch = G.extract(x_ref, i)
         # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
         set_requires_grad(G, False)
@@ -269,6 +273,10 @@ class HiSDTrainer(ArchTrainer):
             d_trg = F.relu(1 + out_trg[:, 0, j_trg]).mean()
             d_cyc = F.relu(1 + out_cyc[:, 1, j]).mean()
             d_adv = d_real + d_trg + d_cyc
+            if c.mismatch_w:  # matching-aware D (not upstream): x has attribute j, so it is no real j_trg image,
+                # even paired with a real j_trg image's style (the styles real j_trg images come with)
+                out_mismatch = D(x.detach(), s_mismatch, y, i)[:, 0, j_trg].float()
+                d_adv = d_adv + c.mismatch_w * F.relu(1 + out_mismatch).mean()
             if c.ref_w:
                 out_ref = D(x_ref_trg.detach(), s_ref.detach(), y, i).float()
                 d_adv = d_adv + c.ref_w * F.relu(1 + out_ref[:, 0, j_trg]).mean()
