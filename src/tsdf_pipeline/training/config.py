@@ -164,9 +164,10 @@ class HiSDConfig(TrainConfig):
     take ``2·g_t − g_{t−1}`` (the clipped gradients), which damps the rotation of a bilinear game such as the one
     between HiSD's extractor and D's linear style input; ``g_{t−1}`` is kept in the optimizer state (resumable).
     ``mismatch_w`` > 0 (not upstream; the matching-aware discriminator of Reed et al., "Generative Adversarial
-    Text to Image Synthesis", 2016) adds to D's loss ``mismatch_w · relu(1 + D_trg(x)[j_trg])``: the real source
-    image, of attribute ``j``, is a fake for the target attribute's translated head. Upstream's heads only ever
-    see real images of their own attribute, so on small data a head need not learn the attribute at all.
+    Text to Image Synthesis", 2016) adds to D's loss ``mismatch_w · relu(1 + D_trg(x, s_ref)[j_trg])``: the real
+    source image ``x`` (attribute ``j``), paired with the style ``s_ref`` extracted from a fresh batch of real
+    ``j_trg`` images, is a fake for the target attribute's translated head. Upstream's heads only ever see real
+    images of their own attribute, so on small data a head need not learn the attribute at all.
     """
 
     batch_size: int = 8

@@ -194,9 +194,12 @@ class HiSDTrainer(ArchTrainer):
         """``(s_ref, x_ref_trg)``: the style of a batch drawn from tag ``i``'s attribute ``j_trg`` pool and the
         translation of the codes ``e`` with it (``HiSDConfig.ref_w``; not upstream)."""
         G = self.generator
-        x_ref = self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
-        s_ref = G.extract(x_ref, i)
+        s_ref = G.extract(self._reference_batch(sampler, i, j_trg), i)
         return s_ref, G.decode(G.translate(e, s_ref, i))
+
+    def _reference_batch(self, sampler: BatchSampler, i: int, j: int) -> Tensor:
+        """A fresh augmented batch ``[B,3,S,S]`` in [-1,1] of tag ``i``'s attribute ``j`` pool."""
+        return self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j]))[0])
 
     def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         c = self.config
@@ -257,8 +260,7 @@ class HiSDTrainer(ArchTrainer):
 
         if c.mismatch_w:
             with torch.no_grad(), self.autocast():
-                x_ref = self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j_trg]))[0])
-                s_mismatch = G.extract(x_ref, i)
+                s_mismatch = G.extract(self._reference_batch(sampler, i, j_trg), i)
         # Discriminator step on the detached generator outputs (upstream HiSD.dis_losses).
         set_requires_grad(D, True)
         set_requires_grad(G, False)
