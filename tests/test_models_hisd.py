@@ -188,6 +188,22 @@ def test_discriminator_runs_on_small_config():
         dis(x, s, torch.zeros(2, 2), 0)
 
 
+def test_discriminator_position_aware_head_replaces_the_pool() -> None:
+    """``head_kernel`` k > 1 (not upstream): no pool, k x k heads over the final k x k map; same key names;
+    inputs of another size are refused."""
+    torch.manual_seed(0)
+    tags = [{**TINY_TAGS[0], "tag_irrelevant_conditions_dim": 1}]
+    pooled = HiSDDiscriminator(style_dim=8, channels=[8, 16, 16], tags=tags)
+    position = HiSDDiscriminator(style_dim=8, channels=[8, 16, 16], tags=tags, head_kernel=4)
+    assert isinstance(pooled.conv[-1], torch.nn.AdaptiveAvgPool2d) and isinstance(position.conv[-1], torch.nn.Identity)
+    assert pooled.fcs[0][0].weight.shape[2:] == (1, 1) and position.fcs[0][0].weight.shape[2:] == (4, 4)
+    assert set(pooled.state_dict()) == set(position.state_dict())
+    s, y = torch.randn(2, 8), torch.zeros(2, 1)
+    assert position(torch.rand(2, 3, 16, 16) * 2 - 1, s, y, 0).shape == (2, 2, 2)
+    with pytest.raises(ValueError, match=r"head_kernel 4 needs 16x16 images, got \(32, 32\)"):
+        position(torch.zeros(2, 3, 32, 32), s, y, 0)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_layout_native_pool_upsample_and_norm_equal_the_reference_ops(channels_last):
     """Pooling, upsampling and HiSD's norm give the reference values and gradients in either layout; a

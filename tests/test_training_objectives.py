@@ -282,6 +282,15 @@ def test_hisd_mismatch_w_adds_a_real_wrong_attribute_term_to_the_discriminator_o
     assert any(not torch.allclose(p, dis[n]) for n, p in upstream.discriminator.named_parameters())
 
 
+def test_hisd_dis_head_kernel_builds_a_position_aware_discriminator_for_the_image_size() -> None:
+    assert make_config("hisd").dis_head_kernel == 1  # upstream: pooled 1x1 heads
+    trainer, losses = _hisd_after_one_step(dis_head_kernel=4)  # tiny D: 2 downsamplings of 16 px -> 4x4
+    assert trainer.discriminator.fcs[0][0].weight.shape[2:] == (4, 4)
+    assert all(math.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="dis_head_kernel 2 with 3 dis_channels needs image_size 8, got 16"):
+        tiny_trainer("hisd", tiny_dataset(), dis_head_kernel=2)
+
+
 def test_config_defaults_and_overrides() -> None:
     star = make_config("stargan")
     assert (star.lambda_cls, star.lambda_rec, star.lambda_gp, star.n_critic, star.g_lr, star.beta1) == \

@@ -60,6 +60,7 @@ DIS_DEFAULT_CONFIG: dict[str, Any] = {
     "style_dim": 256,
     "channels": [32, 64, 128, 256, 512, 512, 512],
     "tags": [{**tag, "tag_irrelevant_conditions_dim": 2} for tag in CELEBA_HQ_TAGS],
+    "head_kernel": 1,
 }
 
 DIS_CONFIG_128: dict[str, Any] = {**DIS_DEFAULT_CONFIG, "channels": [64, 128, 256, 512, 1024, 2048]}
@@ -455,7 +456,10 @@ class HiSDDiscriminator(nn.Module):
 
     ``HiSDDiscriminator(**config)`` with the keys of ``DIS_DEFAULT_CONFIG``: ``input_dim``,
     ``style_dim``, ``channels`` (trunk), ``tags`` (list of ``{"name", "attributes",
-    "tag_irrelevant_conditions_dim"}``; the last defaults to 2, the CelebA-HQ value).
+    "tag_irrelevant_conditions_dim"}``; the last defaults to 2, the CelebA-HQ value), ``head_kernel``.
+    ``head_kernel`` 1 is upstream: the trunk ends in a global average pool and the heads are 1x1. ``k`` > 1
+    (not upstream) drops the pool and makes each head a ``k x k`` convolution over the trunk's final ``k x k``
+    map, a position-aware head like StarGAN's classifier; inputs must then be ``k * 2**(len(channels)-1)`` px.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -467,18 +471,21 @@ class HiSDDiscriminator(nn.Module):
         channels = _channels(what, "channels", cfg["channels"])
         self.tags = [{**tag, "tag_irrelevant_conditions_dim": int(tag.get("tag_irrelevant_conditions_dim", 2))}
                      for tag in _tags(what, cfg["tags"])]
+        self.head_kernel = _positive_int(what, "head_kernel", cfg["head_kernel"])
         self.config = {**cfg, "tags": copy.deepcopy(self.tags)}
 
         self.conv = nn.Sequential(
             nn.Conv2d(self.input_dim, channels[0], 1, 1, 0),
             *[DownBlock(channels[i], channels[i + 1]) for i in range(len(channels) - 1)],
-            nn.AdaptiveAvgPool2d(1),
+            # Upstream pools to 1x1; a position-aware head (head_kernel > 1, not upstream) sees the whole map.
+            nn.AdaptiveAvgPool2d(1) if self.head_kernel == 1 else nn.Identity(),
         )
+        self.input_size = self.head_kernel * 2 ** (len(channels) - 1) if self.head_kernel > 1 else None
         # Per tag: features + style (ALI part) + tag-irrelevant conditions -> one logit per
         # (head, attribute), head 0 = real / translated, head 1 = cycle-reconstructed.
         self.fcs = nn.ModuleList([
             nn.Sequential(nn.Conv2d(channels[-1] + self.style_dim + tag["tag_irrelevant_conditions_dim"],
-                                    2 * len(tag["attributes"]), 1, 1, 0))
+                                    2 * len(tag["attributes"]), self.head_kernel, 1, 0))
             for tag in self.tags
         ])
         _official_init(self)
@@ -495,6 +502,9 @@ class HiSDDiscriminator(nn.Module):
         _check_shape(what, x, 4, self.input_dim, "[N,C,H,W] images")
         _check_shape(what, s, 2, self.style_dim, "[N,style_dim] style")
         _check_shape(what, y, 2, self.tags[tag]["tag_irrelevant_conditions_dim"], "[N,dim] conditions")
+        if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"{what}: head_kernel {self.head_kernel} needs {self.input_size}x{self.input_size} "
+                             f"images, got {tuple(x.shape[2:])}")
         f = self.conv(x)
         n, _, h, w = f.shape
         fsy = torch.cat([f, s.reshape(n, s.shape[1], 1, 1).expand(-1, -1, h, w),

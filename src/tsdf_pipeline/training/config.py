@@ -168,6 +168,10 @@ class HiSDConfig(TrainConfig):
     source image ``x`` (attribute ``j``), paired with the style ``s_ref`` extracted from a fresh batch of real
     ``j_trg`` images, is a fake for the target attribute's translated head. Upstream's heads only ever see real
     images of their own attribute, so on small data a head need not learn the attribute at all.
+    ``dis_head_kernel`` > 1 (not upstream; 1 is) replaces D's global average pool and 1x1 heads by
+    position-aware ``k x k`` heads over the trunk's final map (``image_size = k * 2**(len(dis_channels)-1)``),
+    the layout of StarGAN's classifier: with the pool, D fits the demo training images' Male labels far more
+    slowly (docs/fidelity.md). Only D changes; the generator and its checkpoint stay official.
     """
 
     batch_size: int = 8
@@ -193,6 +197,7 @@ class HiSDConfig(TrainConfig):
     color_jitter: float = 0.1  # upstream loader's ColorJitter(0.1, 0.1, 0.1, 0.1) per image (0: off)
     optimistic: bool = False  # feed Adam 2·g_t − g_{t−1} (optimistic gradient; not upstream)
     mismatch_w: float = 0.0  # weight of D's real-but-wrong-attribute term (not upstream; 0: off)
+    dis_head_kernel: int = 1  # 1: upstream pooled 1x1 heads; k > 1: position-aware k x k heads (not upstream)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

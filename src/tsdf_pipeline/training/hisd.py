@@ -99,6 +99,10 @@ class HiSDTrainer(ArchTrainer):
         self.pools = tag_pools(dataset.attrs40, config.tag_rules)
         self.condition_columns = self.columns(config.condition_attrs)
         self.generator = build_generator(self.arch, **self.generator_config())
+        head, downs = config.dis_head_kernel, len(config.dis_channels) - 1
+        if head > 1 and config.image_size != head * 2**downs:
+            raise ValueError(f"HiSD config: dis_head_kernel {head} with {len(config.dis_channels)} dis_channels "
+                             f"needs image_size {head * 2**downs}, got {config.image_size}")
         # The model registry has no "hisd" discriminator entry; the class is used directly.
         self.discriminator = HiSDDiscriminator(**self.discriminator_config())
         self.generator_ema = copy.deepcopy(self.generator)
@@ -134,7 +138,8 @@ class HiSDTrainer(ArchTrainer):
 
     def discriminator_config(self) -> dict[str, Any]:
         return {"input_dim": 3, "style_dim": self.generator_config()["style_dim"],
-                "channels": list(self.config.dis_channels), "tags": self._tags(with_conditions=True)}
+                "channels": list(self.config.dis_channels), "tags": self._tags(with_conditions=True),
+                "head_kernel": self.config.dis_head_kernel}
 
     def sampling_pools(self) -> dict[str, Tensor]:
         return {pool_name(self.config.tag_rules, t, a): rows for (t, a), rows in self.pools.items()}
