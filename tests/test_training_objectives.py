@@ -291,6 +291,21 @@ def test_hisd_dis_head_kernel_builds_a_position_aware_discriminator_for_the_imag
         tiny_trainer("hisd", tiny_dataset(), dis_head_kernel=2)
 
 
+def test_hisd_cls_w_adds_an_auxiliary_attribute_classifier_to_both_losses() -> None:
+    upstream, _ = _hisd_after_one_step()
+    assert make_config("hisd").cls_w == 0.0 and upstream.discriminator.cls is None
+    with pytest.raises(ValueError, match="built without classifier=True"):
+        upstream.discriminator.classify(torch.zeros(1, 3, 16, 16), 0)
+    (one, losses_one), (two, losses_two) = (_hisd_after_one_step(cls_w=w) for w in (1.0, 2.0))
+    assert [head.out_channels for head in one.discriminator.cls] == [len(a) for a in one.config.tag_rules.values()]
+    # Same init and draws, so the same loss values (the cross-entropies are logged unweighted) ...
+    assert losses_one == pytest.approx(losses_two) and 0 < losses_one["G/cls"] < 5 and 0 < losses_one["D/cls"] < 5
+    # ... but both updates weigh them by cls_w.
+    for a, b in ((one.generator, two.generator), (one.discriminator, two.discriminator)):
+        params = dict(b.named_parameters())
+        assert any(not torch.allclose(p, params[n]) for n, p in a.named_parameters())
+
+
 def test_config_defaults_and_overrides() -> None:
     star = make_config("stargan")
     assert (star.lambda_cls, star.lambda_rec, star.lambda_gp, star.n_critic, star.g_lr, star.beta1) == \

@@ -61,6 +61,7 @@ DIS_DEFAULT_CONFIG: dict[str, Any] = {
     "channels": [32, 64, 128, 256, 512, 512, 512],
     "tags": [{**tag, "tag_irrelevant_conditions_dim": 2} for tag in CELEBA_HQ_TAGS],
     "head_kernel": 1,
+    "classifier": False,
 }
 
 DIS_CONFIG_128: dict[str, Any] = {**DIS_DEFAULT_CONFIG, "channels": [64, 128, 256, 512, 1024, 2048]}
@@ -460,6 +461,8 @@ class HiSDDiscriminator(nn.Module):
     ``head_kernel`` 1 is upstream: the trunk ends in a global average pool and the heads are 1x1. ``k`` > 1
     (not upstream) drops the pool and makes each head a ``k x k`` convolution over the trunk's final ``k x k``
     map, a position-aware head like StarGAN's classifier; inputs must then be ``k * 2**(len(channels)-1)`` px.
+    ``classifier`` True (not upstream) adds per tag an attribute classifier over the same trunk (keys
+    ``cls.<tag>.*``, same kernel as the heads), read by :meth:`classify`: StarGAN's auxiliary classifier.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -488,6 +491,8 @@ class HiSDDiscriminator(nn.Module):
                                     2 * len(tag["attributes"]), self.head_kernel, 1, 0))
             for tag in self.tags
         ])
+        self.cls = nn.ModuleList([nn.Conv2d(channels[-1], len(tag["attributes"]), self.head_kernel, 1, 0)
+                                  for tag in self.tags]) if cfg["classifier"] else None
         _official_init(self)
 
     def forward(self, x: Tensor, s: Tensor, y: Tensor, tag: int) -> Tensor:
@@ -498,18 +503,32 @@ class HiSDDiscriminator(nn.Module):
         real / translated head, ``[:, 1, j]`` for the cycle head (upstream ``view(N, 2, -1)``).
         """
         what = "HiSDDiscriminator.forward"
-        tag = _check_index("HiSDDiscriminator", "tag", tag, [t["name"] for t in self.tags])
-        _check_shape(what, x, 4, self.input_dim, "[N,C,H,W] images")
+        tag = self._tag(tag)
         _check_shape(what, s, 2, self.style_dim, "[N,style_dim] style")
         _check_shape(what, y, 2, self.tags[tag]["tag_irrelevant_conditions_dim"], "[N,dim] conditions")
-        if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
-            raise ValueError(f"{what}: head_kernel {self.head_kernel} needs {self.input_size}x{self.input_size} "
-                             f"images, got {tuple(x.shape[2:])}")
-        f = self.conv(x)
+        f = self._trunk(what, x)
         n, _, h, w = f.shape
         fsy = torch.cat([f, s.reshape(n, s.shape[1], 1, 1).expand(-1, -1, h, w),
                          y.reshape(n, y.shape[1], 1, 1).expand(-1, -1, h, w).to(f.dtype)], 1)
         return self.fcs[tag](fsy).view(n, 2, -1)
+
+    def classify(self, x: Tensor, tag: int) -> Tensor:
+        """Attribute logits ``[N,n_attributes]`` of ``tag`` for images ``x [N,input_dim,H,W]`` in [-1,1]
+        (only with ``classifier``)."""
+        if self.cls is None:
+            raise ValueError("HiSDDiscriminator.classify: built without classifier=True")
+        tag = self._tag(tag)
+        return self.cls[tag](self._trunk("HiSDDiscriminator.classify", x)).flatten(1)
+
+    def _tag(self, tag: int) -> int:
+        return _check_index("HiSDDiscriminator", "tag", tag, [t["name"] for t in self.tags])
+
+    def _trunk(self, what: str, x: Tensor) -> Tensor:
+        _check_shape(what, x, 4, self.input_dim, "[N,C,H,W] images")
+        if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"{what}: head_kernel {self.head_kernel} needs {self.input_size}x{self.input_size} "
+                             f"images, got {tuple(x.shape[2:])}")
+        return self.conv(x)
 
 
 __all__ = [

@@ -172,6 +172,10 @@ class HiSDConfig(TrainConfig):
     position-aware ``k x k`` heads over the trunk's final map (``image_size = k * 2**(len(dis_channels)-1)``),
     the layout of StarGAN's classifier: with the pool, D fits the demo training images' Male labels far more
     slowly (docs/fidelity.md). Only D changes; the generator and its checkpoint stay official.
+    ``cls_w`` > 0 (not upstream; StarGAN's auxiliary classifier, Odena et al. 2017) gives D a per-tag attribute
+    classifier over its trunk (``HiSDDiscriminator.classify``), trained with cross-entropy on the real batch's
+    attribute ``j``; G's loss gains ``cls_w ·`` the cross-entropy of its latent-guided translation ``x_trg``
+    against the target attribute ``j_trg``. D's loss gains the real term with the same weight.
     """
 
     batch_size: int = 8
@@ -198,6 +202,7 @@ class HiSDConfig(TrainConfig):
     optimistic: bool = False  # feed Adam 2·g_t − g_{t−1} (optimistic gradient; not upstream)
     mismatch_w: float = 0.0  # weight of D's real-but-wrong-attribute term (not upstream; 0: off)
     dis_head_kernel: int = 1  # 1: upstream pooled 1x1 heads; k > 1: position-aware k x k heads (not upstream)
+    cls_w: float = 0.0  # weight of the auxiliary attribute classification terms of G and D (not upstream; 0: off)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

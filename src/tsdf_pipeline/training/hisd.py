@@ -139,7 +139,7 @@ class HiSDTrainer(ArchTrainer):
     def discriminator_config(self) -> dict[str, Any]:
         return {"input_dim": 3, "style_dim": self.generator_config()["style_dim"],
                 "channels": list(self.config.dis_channels), "tags": self._tags(with_conditions=True),
-                "head_kernel": self.config.dis_head_kernel}
+                "head_kernel": self.config.dis_head_kernel, "classifier": self.config.cls_w > 0}
 
     def sampling_pools(self) -> dict[str, Tensor]:
         return {pool_name(self.config.tag_rules, t, a): rows for (t, a), rows in self.pools.items()}
@@ -243,6 +243,9 @@ class HiSDTrainer(ArchTrainer):
                 xf = x.float()
                 g_rec = F.l1_loss(x_rec.float(), xf) + F.l1_loss(x_slf.float(), xf) + F.l1_loss(x_cyc.float(), xf)
                 g_total = c.adv_w * g_adv + c.sty_w * g_sty + c.rec_w * g_rec
+                if c.cls_w:  # auxiliary classifier (not upstream): x_trg should be classified as j_trg
+                    g_cls = F.cross_entropy(D.classify(x_trg, i).float(), torch.full((b,), j_trg, device=x.device))
+                    g_total = g_total + c.cls_w * g_cls
                 if c.ref_w:
                     s_ref, x_ref_trg = self._reference_translation(sampler, e, i, j_trg)
                     out_ref = D(x_ref_trg, s_ref.detach(), y, i).float()
@@ -287,17 +290,21 @@ class HiSDTrainer(ArchTrainer):
             if c.ref_w:
                 out_ref = D(x_ref_trg.detach(), s_ref.detach(), y, i).float()
                 d_adv = d_adv + c.ref_w * F.relu(1 + out_ref[:, 0, j_trg]).mean()
+            d_total = d_adv
+            if c.cls_w:  # auxiliary classifier (not upstream) on the real batch, whose attribute is j
+                d_cls = F.cross_entropy(D.classify(x.detach(), i).float(), torch.full((b,), j, device=x.device))
+                d_total = d_adv + c.cls_w * d_cls
         self.optimizers["D"].zero_grad(set_to_none=True)
-        d_adv.backward()
+        d_total.backward()
         nn.utils.clip_grad_norm_(D.parameters(), c.grad_clip, foreach=True)
         self._step(self.optimizers["D"])
         set_requires_grad(G, True)
-        losses = {"D/adv": d_adv}
+        losses = {"D/adv": d_adv, **({"D/cls": d_cls} if c.cls_w else {})}
         if update_generator:
             assert self.generator_ema is not None
             update_average(self.generator_ema, G, c.ema_beta)
             losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **({"G/ref": g_ref} if c.ref_w else {}),
-                      **losses}
+                      **({"G/cls": g_cls} if c.cls_w else {}), **losses}
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
