@@ -99,12 +99,12 @@ class HiSDTrainer(ArchTrainer):
         self.pools = tag_pools(dataset.attrs40, config.tag_rules)
         self.condition_columns = self.columns(config.condition_attrs)
         self.generator = build_generator(self.arch, **self.generator_config())
-        head, downs = config.dis_head_kernel, len(config.dis_channels) - 1
-        if head > 1 and config.image_size != head * 2**downs:
-            raise ValueError(f"HiSD config: dis_head_kernel {head} with {len(config.dis_channels)} dis_channels "
-                             f"needs image_size {head * 2**downs}, got {config.image_size}")
         # The model registry has no "hisd" discriminator entry; the class is used directly.
         self.discriminator = HiSDDiscriminator(**self.discriminator_config())
+        if self.discriminator.input_size not in (None, config.image_size):
+            raise ValueError(f"HiSD config: dis_head_kernel {config.dis_head_kernel} with "
+                             f"{len(config.dis_channels)} dis_channels needs image_size "
+                             f"{self.discriminator.input_size}, got {config.image_size}")
         self.generator_ema = copy.deepcopy(self.generator)
         G, betas = self.generator, (config.beta1, config.beta2)
         self.optimizers = {
