@@ -457,7 +457,7 @@ class HiSDDiscriminator(nn.Module):
 
     ``HiSDDiscriminator(**config)`` with the keys of ``DIS_DEFAULT_CONFIG``: ``input_dim``,
     ``style_dim``, ``channels`` (trunk), ``tags`` (list of ``{"name", "attributes",
-    "tag_irrelevant_conditions_dim"}``; the last defaults to 2, the CelebA-HQ value), ``head_kernel``.
+    "tag_irrelevant_conditions_dim"}``; the last defaults to 2, the CelebA-HQ value), ``head_kernel``, ``classifier``.
     ``head_kernel`` 1 is upstream: the trunk ends in a global average pool and the heads are 1x1. ``k`` > 1
     (not upstream) drops the pool and makes each head a ``k x k`` convolution over the trunk's final ``k x k``
     map, a position-aware head like StarGAN's classifier; inputs must then be ``k * 2**(len(channels)-1)`` px.
