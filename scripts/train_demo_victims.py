@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tsdf_pipeline.data.celeba import read_index  # noqa: E402
 from tsdf_pipeline.data.splits import split_rows  # noqa: E402
 from tsdf_pipeline.data.subsets import build_subset  # noqa: E402
+from tsdf_pipeline.models.ensemble import file_sha256  # noqa: E402
 from tsdf_pipeline.training.recipes import train_recipe  # noqa: E402
 
 OFFICIAL_FILES = {"stargan": "200000-G.ckpt", "attentiongan": "200000-G.ckpt", "attgan": "weights.199.pth",
@@ -50,6 +51,19 @@ def training_data(data_params: dict) -> tuple[torch.Tensor, torch.Tensor]:
     subset, _ = build_subset(index, split_rows(index, "train"), image_size=data_params["image_size"],
                              crop_size=data_params.get("crop_size"), label_sets={}, progress=False)
     return subset["images"], subset["attrs"]
+
+
+def pinned_teachers(recipe: dict) -> tuple[list[dict], list[dict]]:
+    """HiSD's edit teachers (``teachers`` of a recipe; checkpoints relative to the repository) with each file's
+    sha256 added: ``(specs for the trainer, absolute paths; specs for the record, paths as written)``."""
+    record = [{**spec, "sha256": file_sha256(ROOT / spec["checkpoint"])} for spec in recipe.get("teachers") or []]
+    return [{**spec, "checkpoint": str(ROOT / spec["checkpoint"])} for spec in record], record
+
+
+def teacher_archs(params: dict, arch: str) -> set[str]:
+    """The architectures whose demo checkpoints ``arch``'s recipe uses as edit teachers."""
+    files = {str(Path(spec["checkpoint"])) for spec in (params.get(arch) or {}).get("teachers") or []}
+    return {a for a, name in OFFICIAL_FILES.items() if str(Path("data/06_models/demo") / a / name) in files}
 
 
 def recorded_command(argv: list[str]) -> str:
@@ -73,6 +87,9 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
         raise SystemExit(f"{arch}: --init needs the generator {init_checkpoint}, which does not exist")
     init_record = None if init is None else _read_record(init / arch / "training.json")
     run_dir = work / (arch if init is None else f"{arch}-finetune")
+    recipe = {**params.get("common", {}), **params[arch], **overrides}
+    if recipe.get("teachers"):
+        overrides["teachers"], recipe["teachers"] = pinned_teachers(recipe)
     start = time.time()
 
     def stop_when_over_budget(step: int, losses: dict, samples: Path | None) -> None:
@@ -93,7 +110,7 @@ def train_one(arch: str, params: dict, data_params: dict, out: Path, work: Path,
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(generator, target)
     record = {"arch": arch, "steps": steps, "device": device, "seconds": round(time.time() - start, 1),
-              "torch": torch.__version__, "recipe": {**params.get("common", {}), **params[arch], **overrides},
+              "torch": torch.__version__, "recipe": recipe,
               "data": data_params["root"], "image_size": data_params["image_size"],
               "command": recorded_command(sys.argv)}
     if init_record is not None:
@@ -163,18 +180,21 @@ def main() -> None:
             base += ["--set", *args.set]
         if args.no_progress:
             base += ["--no-progress"]
-        procs = [subprocess.Popen([*base, "--archs", arch]) for arch in archs]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            raise SystemExit(f"training failed for {[a for a, c in zip(archs, codes, strict=True) if c]}")
+        # An arch whose edit teachers are trained in this run waits for them (HiSD's demo recipe).
+        late = [arch for arch in archs if teacher_archs(params, arch) & set(archs)]
+        for wave in ([a for a in archs if a not in late], late):
+            procs = [subprocess.Popen([*base, "--archs", arch]) for arch in wave]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                raise SystemExit(f"training failed for {[a for a, c in zip(wave, codes, strict=True) if c]}")
         return
     overrides = {} if args.num_iters is None else {"num_iters": args.num_iters}
     overrides |= dict(_key_value(item) for item in args.set)
     if args.no_progress:
         overrides["progress"] = False
-    for arch in archs:
-        train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds, overrides,
-                  None if args.init is None else Path(args.init))
+    for arch in sorted(archs, key=lambda a: bool(teacher_archs(params, a) & set(archs))):  # teachers first
+        train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds,
+                  dict(overrides), None if args.init is None else Path(args.init))
 
 
 if __name__ == "__main__":

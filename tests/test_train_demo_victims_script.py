@@ -1,4 +1,5 @@
-"""The demo-victim training script: its record names no machine's folders; ``--init`` fine-tunes."""
+"""The demo-victim training script: its record names no machine's folders; ``--init`` fine-tunes; edit teachers
+train first and are pinned by sha256."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 import sys
 
 import torch
+import yaml
 
 from tests.script_modules import ROOT, load_script
+from tsdf_pipeline.models.ensemble import file_sha256
 
 
 def test_recorded_command_drops_output_folders_and_keeps_the_recipe_arguments():
@@ -55,3 +58,25 @@ def test_init_without_the_generator_names_the_missing_file(tmp_path):
                             check=False, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert str(tmp_path / "hisd/gen_00600000.pt") in result.stderr and "does not exist" in result.stderr
+
+
+def test_hisd_trains_after_its_edit_teachers_and_records_their_sha256(tmp_path):
+    """A recipe with edit teachers (HiSD's ``teachers``) runs after the archs it names, and its record pins
+    each teacher file by sha256 with the path as written (relative to the repository)."""
+    script = load_script("train_demo_victims")
+    config = yaml.safe_load((ROOT / "conf/base/parameters_victim_training.yml").read_text())
+    models = yaml.safe_load((ROOT / "conf/base/parameters_model_loading.yml").read_text())["model_loading"]
+    stargan = {"arch": "stargan", "checkpoint": "data/06_models/demo/stargan/200000-G.ckpt",
+               **models["victims"]["stargan"]}
+    config["victim_training"]["hisd"] |= {"teacher_w": 1.0, "teachers": [stargan]}
+    assert script.teacher_archs(config["victim_training"], "hisd") == {"stargan"}
+    assert script.teacher_archs(config["victim_training"], "stargan") == set()
+    (tmp_path / "recipes.yml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/train_demo_victims.py"), "--device", "cpu",
+                             "--config", str(tmp_path / "recipes.yml"), "--archs", "hisd", "stargan",
+                             "--num-iters", "1", "--no-progress", "--set", "checkpoint_every=1",
+                             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                            cwd=ROOT, check=True, capture_output=True, text=True)
+    assert result.stdout.index("stargan: 1 steps") < result.stdout.index("hisd: 1 steps")
+    teachers = json.loads((tmp_path / "out/hisd/training.json").read_text())["recipe"]["teachers"]
+    assert teachers == [{**stargan, "sha256": file_sha256(ROOT / stargan["checkpoint"])}]

@@ -176,6 +176,11 @@ class HiSDConfig(TrainConfig):
     classifier over its trunk (``HiSDDiscriminator.classify``), trained with cross-entropy on the real batch's
     attribute ``j``; G's loss gains ``cls_w ·`` the cross-entropy of its latent-guided translation ``x_trg``
     against the target attribute ``j_trg``. D's loss gains the real term with the same weight.
+    ``teacher_w`` > 0 (not upstream; :mod:`tsdf_pipeline.training.teacher`) adds ``teacher_w ·`` the L1 distance
+    of the latent-guided translation ``x_trg`` and of a reference-guided translation (style extracted from a
+    batch of ``j_trg`` images) to the (detached) self-translation plus ``teacher_scale`` times the mean edit of
+    the frozen ``teachers`` (StarGAN / AttentionGAN / AttGAN victim specs as in ``model_loading.victims``) to
+    ``j_trg``'s labels: the translator learns the teachers' edit on top of its own reconstruction.
     """
 
     batch_size: int = 8
@@ -203,6 +208,9 @@ class HiSDConfig(TrainConfig):
     mismatch_w: float = 0.0  # weight of D's real-but-wrong-attribute term (not upstream; 0: off)
     dis_head_kernel: int = 1  # 1: upstream pooled 1x1 heads; k > 1: position-aware k x k heads (not upstream)
     cls_w: float = 0.0  # weight of the auxiliary attribute classification terms of G and D (not upstream; 0: off)
+    teacher_w: float = 0.0  # weight of the edit teachers' paired L1 terms (not upstream; 0: off)
+    teacher_scale: float = 1.0  # multiplies the teachers' mean edit in the paired target
+    teachers: tuple[dict[str, Any], ...] = ()  # victim specs of the frozen edit teachers (teacher_w > 0)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

@@ -29,6 +29,7 @@ from tsdf_pipeline.training.dataset import (
     random_color_jitter,
     random_horizontal_flip,
 )
+from tsdf_pipeline.training.teacher import EditTeacher
 
 # Datasets up to this size are kept on the training device (demo / attacker sets at 64-128 px).
 _DEVICE_DATASET_MAX_BYTES = 2 << 30
@@ -121,7 +122,8 @@ class HiSDTrainer(ArchTrainer):
         self._pool_names = [[pool_name(config.tag_rules, t, a) for a in range(n)]
                             for t, n in enumerate(self._num_attributes)]
         self._device_images: Tensor | None = None
-        self._device_conditions: Tensor | None = None
+        self._device_attrs40: Tensor | None = None
+        self.teacher = EditTeacher(config.teachers, config.tag_rules, device) if config.teacher_w else None
 
     def _tags(self, with_conditions: bool) -> list[dict[str, Any]]:
         tags = []
@@ -166,19 +168,20 @@ class HiSDTrainer(ArchTrainer):
     def set_step_lr(self, step: int) -> None:
         """Constant learning rates (upstream has no schedule)."""
 
-    def _draw_on_device(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """``(images, conditions)`` of dataset ``rows``, gathered from a device-resident copy of the dataset
-        (one index kernel per batch instead of a host gather plus a host-to-device copy every step)."""
+    def _draw_on_device(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(images, conditions, attrs40)`` of dataset ``rows``; the conditions are D's tag-irrelevant
+        conditions as ±1. Gathered from a device-resident copy of the dataset (one index kernel per batch
+        instead of a host gather plus a host-to-device copy every step)."""
         if self.dataset.images.nbytes > _DEVICE_DATASET_MAX_BYTES:  # large sets: host gather + copy per batch
             images, attrs40 = self.draw_rows(rows)
-            return images, attrs40[:, self.condition_columns.to(attrs40.device)] * 2 - 1
-        if self._device_images is None:
-            self._device_images = self.to_input(self.dataset.images)
-            cond = self.dataset.attrs40[:, self.condition_columns] * 2 - 1  # tag-irrelevant conditions as ±1
-            self._device_conditions = cond.to(self.device)
-        assert self._device_conditions is not None
-        rows = rows.to(self.device, non_blocking=True)
-        return self._device_images.index_select(0, rows), self._device_conditions.index_select(0, rows)
+        else:
+            if self._device_images is None:
+                self._device_images = self.to_input(self.dataset.images)
+                self._device_attrs40 = self.dataset.attrs40.to(self.device)
+            assert self._device_attrs40 is not None
+            rows = rows.to(self.device, non_blocking=True)
+            images, attrs40 = self._device_images.index_select(0, rows), self._device_attrs40.index_select(0, rows)
+        return images, attrs40[:, self.condition_columns.to(attrs40.device)] * 2 - 1, attrs40
 
     def _augment(self, x: Tensor) -> Tensor:
         """Upstream's loader (core/utils.py ``get_data_iters``): ColorJitter, then RandomHorizontalFlip, per image.
@@ -213,7 +216,7 @@ class HiSDTrainer(ArchTrainer):
         n_attrs = self._num_attributes
         i = int(torch.randint(len(n_attrs), (1,)))
         j, j_trg = torch.randperm(n_attrs[i])[:2].tolist()
-        x, y = self._draw_on_device(sampler.next(self._pool_names[i][j]))
+        x, y, attrs40 = self._draw_on_device(sampler.next(self._pool_names[i][j]))
         b = x.shape[0]
         x = self._augment(x)
         G.train(update_generator)  # D warm-up: the frozen G as at inference (TSDF release update_D: gen.eval())
@@ -246,8 +249,15 @@ class HiSDTrainer(ArchTrainer):
                 if c.cls_w:  # auxiliary classifier (not upstream): x_trg should be classified as j_trg
                     g_cls = F.cross_entropy(D.classify(x_trg, i).float(), torch.full((b,), j_trg, device=x.device))
                     g_total = g_total + c.cls_w * g_cls
-                if c.ref_w:
+                if c.ref_w or c.teacher_w:
                     s_ref, x_ref_trg = self._reference_translation(sampler, e, i, j_trg)
+                if c.teacher_w:  # edit teachers (not upstream): the latent- and reference-guided translations to
+                    # j_trg should differ from the self-translation by the teachers' edit
+                    assert self.teacher is not None
+                    x_teach = x_slf.detach().float() + c.teacher_scale * self.teacher.edit(x, attrs40, i, j_trg).float()
+                    g_teach = F.l1_loss(x_trg.float(), x_teach) + F.l1_loss(x_ref_trg.float(), x_teach)
+                    g_total = g_total + c.teacher_w * g_teach
+                if c.ref_w:
                     out_ref = D(x_ref_trg, s_ref.detach(), y, i).float()
                     g_ref = (c.adv_w * -out_ref[:, 0, j_trg].mean()
                              + c.sty_w * F.l1_loss(G.extract(x_ref_trg, i).float(), s_ref.detach().float()))
@@ -304,7 +314,8 @@ class HiSDTrainer(ArchTrainer):
             assert self.generator_ema is not None
             update_average(self.generator_ema, G, c.ema_beta)
             losses = {"G/adv": g_adv, "G/sty": g_sty, "G/rec": g_rec, **({"G/ref": g_ref} if c.ref_w else {}),
-                      **({"G/cls": g_cls} if c.cls_w else {}), **losses}
+                      **({"G/cls": g_cls} if c.cls_w else {}), **({"G/teacher": g_teach} if c.teacher_w else {}),
+                      **losses}
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
