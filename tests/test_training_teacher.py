@@ -10,6 +10,7 @@ import torch
 from tests.test_training_engine import tiny_config, tiny_dataset
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
 from tsdf_pipeline.models import build_generator, save_generator
+from tsdf_pipeline.pipelines.attacker_retraining.nodes import attacker_overrides
 from tsdf_pipeline.training.dataset import BatchSampler
 from tsdf_pipeline.training.hisd import HiSDTrainer
 from tsdf_pipeline.training.teacher import EditTeacher
@@ -73,3 +74,9 @@ def test_hisd_teacher_w_adds_the_paired_term_to_the_generator_loss(tmp_path: Pat
     # ... but the generator updates weigh the term by teacher_w (D's loss does not depend on it).
     params = dict(two.generator.named_parameters())
     assert any(not torch.allclose(p, params[n]) for n, p in one.generator.named_parameters())
+
+
+def test_the_simulated_attacker_fine_tunes_hisd_without_teachers() -> None:
+    assert attacker_overrides("hisd", {"overrides": {"num_iters": 5}}) == {"teacher_w": 0.0, "num_iters": 5}
+    assert attacker_overrides("hisd", {"overrides": {"teacher_w": 1.0}}) == {"teacher_w": 1.0}  # explicit wins
+    assert attacker_overrides("stargan", {"overrides": None}) == {}

@@ -104,6 +104,13 @@ def _as_prepared(entry: dict[str, Any]) -> PreparedSet:
                        windows=entry["windows"], scores=entry["scores"], dropped=dropped)
 
 
+def attacker_overrides(arch: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Recipe overrides of the attacker's fine-tuning: ``params.overrides`` on top of the architecture's own
+    objective. HiSD's edit teachers (``teacher_w``, a training aid of the demo victims) are off unless the
+    overrides set them: an attacker who collects photos has no such models."""
+    return {**({"teacher_w": 0.0} if arch == "hisd" else {}), **(params.get("overrides") or {})}
+
+
 def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], params: dict[str, Any],
             recipes: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[dict[str, float]]]]:
     """Fine-tune the chosen victim from its checkpoint on each branch's crops (same seed and settings)."""
@@ -112,7 +119,7 @@ def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], par
         raise KeyError(f"attacker_retraining.victim {params['victim']!r} is not in the ensemble "
                        f"{[v['name'] for v in victim_ensemble]}")
     models, rows, metrics = {}, [], {}
-    overrides = dict(params.get("overrides") or {})
+    overrides = attacker_overrides(spec["arch"], params)
     for branch, data in prepared.items():
         if data["crops"].shape[0] < int(params["min_crops"]):
             raise ValueError(f"attacker branch {branch!r}: only {data['crops'].shape[0]} usable crops "
