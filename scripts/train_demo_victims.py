@@ -166,6 +166,9 @@ def main() -> None:
     params = yaml.safe_load(Path(args.config).read_text())["victim_training"]
     data_params = yaml.safe_load(Path(args.data_config).read_text())["data_ingestion"]
     archs = args.archs or params["victims"]
+    # An arch whose edit teachers are trained in this run waits for them (HiSD with `teachers`).
+    late = [arch for arch in archs if teacher_archs(params, arch) & set(archs)]
+    waves = [[arch for arch in archs if arch not in late], late]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.parallel and len(archs) > 1:
         base = [sys.executable, __file__, "--config", args.config, "--data-config", args.data_config,
@@ -180,9 +183,7 @@ def main() -> None:
             base += ["--set", *args.set]
         if args.no_progress:
             base += ["--no-progress"]
-        # An arch whose edit teachers are trained in this run waits for them (HiSD's demo recipe).
-        late = [arch for arch in archs if teacher_archs(params, arch) & set(archs)]
-        for wave in ([a for a in archs if a not in late], late):
+        for wave in waves:
             procs = [subprocess.Popen([*base, "--archs", arch]) for arch in wave]
             codes = [p.wait() for p in procs]
             if any(codes):
@@ -192,7 +193,7 @@ def main() -> None:
     overrides |= dict(_key_value(item) for item in args.set)
     if args.no_progress:
         overrides["progress"] = False
-    for arch in sorted(archs, key=lambda a: bool(teacher_archs(params, a) & set(archs))):  # teachers first
+    for arch in waves[0] + waves[1]:
         train_one(arch, params, data_params, Path(args.out), Path(args.work), device, args.max_seconds,
                   dict(overrides), None if args.init is None else Path(args.init))
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tsdf_pipeline.data.attributes import CELEBA_ATTRS
+from tsdf_pipeline.data.attributes import attr_indices
 from tsdf_pipeline.models.ensemble import load_victim
 from tsdf_pipeline.models.victims import Victim
 
@@ -47,9 +47,8 @@ class EditTeacher:
                         raise ValueError(f"HiSDConfig.teachers[{k}] ({spec['checkpoint']}) edits {victim.attrs}; "
                                          f"tag_rules[{tag!r}][{attribute!r}] also sets {missing}")
             self.victims.append(victim)
-        columns = {name: i for i, name in enumerate(CELEBA_ATTRS)}
-        self.rules = [[{columns[c]: float(v) for c, v in rule.items()} for rule in attributes.values()]
-                      for attributes in tag_rules.values()]
+        self.rules = [[dict(zip(attr_indices(list(rule)), map(float, rule.values()), strict=True))
+                       for rule in attributes.values()] for attributes in tag_rules.values()]
 
     @torch.no_grad()
     def edit(self, x: Tensor, attrs40: Tensor, tag: int, attribute: int) -> Tensor:
@@ -58,9 +57,9 @@ class EditTeacher:
         edited = attrs40.clone()
         for column, value in self.rules[tag][attribute].items():
             edited[:, column] = value
-        both = torch.cat([attrs40, edited])
+        both, pair = torch.cat([attrs40, edited]), torch.cat([x, x])
         delta = torch.zeros_like(x)
         for victim in self.victims:
-            before, after = victim.edit(torch.cat([x, x]), victim.targets(both, mode="train"))[0].chunk(2)
+            before, after = victim.edit(pair, victim.targets(both, mode="train"))[0].chunk(2)
             delta += (after - before).to(x.dtype)
         return delta / len(self.victims)
