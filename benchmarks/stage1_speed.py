@@ -5,7 +5,8 @@ Usage (torch alone, no kedro)::
     python benchmarks/stage1_speed.py --config paper --device cuda [--compile] [--no-graphs] [--batches 6]
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
-    python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run
+    python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run \
+        [--breakdown] [--no-cudnn-benchmark]
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -127,11 +128,51 @@ def _peak(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
+@contextlib.contextmanager
+def first_epoch_breakdown(device: torch.device):
+    """Time (device-synchronised) what a run does besides its steady steps: the clean passes, loading or building
+    the AOT artifacts, and the CUDA-graph warm-up + capture; yields the dict of seconds it fills."""
+    from tsdf_pipeline.defense import interruption
+
+    spent: dict[str, float] = {"clean passes": 0.0, "AOT load/build": 0.0,
+                               "graph warm-up + capture (AOT load/build included)": 0.0}
+    patched = [(interruption._Stage1, "clean_pass", "clean passes"),
+               (interruption.AotCompiledFunction, "_load", "AOT load/build"),
+               (interruption.AotCompiledFunction, "_build", "AOT load/build"),
+               (interruption.GraphedFunction, "_capture", "graph warm-up + capture (AOT load/build included)")]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patched]
+    running: set[str] = set()  # _build calls _load: count the outer call only
+
+    def timed(fn, label):
+        def wrapper(*args, **kwargs):
+            if label in running:
+                return fn(*args, **kwargs)
+            running.add(label)
+            _sync(device)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(device)
+                running.discard(label)
+                spent[label] += time.perf_counter() - t0
+        return wrapper
+
+    for (owner, name, label), (_, _, fn) in zip(patched, originals, strict=True):
+        setattr(owner, name, staticmethod(timed(fn, label)) if name == "_load" else timed(fn, label))
+    try:
+        yield spent
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, staticmethod(fn) if name == "_load" else fn)
+
+
 def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device,
-             host_profile: int = 0) -> None:
+             host_profile: int = 0, breakdown: bool = False) -> None:
     """Time ``run_interruption`` over 16 batches x ``epochs`` (fresh stage: clean passes and capture included).
     ``host_profile`` N > 0: profile the run's host side and print the N operations and compiler phases taking
-    most wall time (where a cold or warm start spends its time)."""
+    most wall time (where a cold or warm start spends its time). ``breakdown``: also time the clean passes, the
+    AOT artifacts' loading (or building) and the graph capture, each device-synchronised."""
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(16 * batch, 3, size, size, generator=gen) * 2 - 1
     attrs = torch.randint(0, 2, (16 * batch, 40), generator=gen).float()
@@ -144,7 +185,7 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
                 else contextlib.nullcontext())
     _sync(device)
     t0 = time.perf_counter()
-    with profiler:
+    with profiler, (first_epoch_breakdown(device) if breakdown else contextlib.nullcontext({})) as spent:
         result = run_interruption(victims, images, attrs, dataclasses.replace(cfg, epochs=epochs), callback=on_step)
         _sync(device)
     total = time.perf_counter() - t0
@@ -153,6 +194,8 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
     first = f"first epoch {epoch_ends[min(epoch_ends)] - t0:.1f} s"
     print(f"full run     : {epochs} epochs x 16 batches in {total:.1f} s (everything included; {first}); {steady}; "
           f"|w|max {result.w.abs().max():.4f}; peak {_peak(device)}")
+    if spent:
+        print("breakdown    : " + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in spent.items()))
     if cfg.compile:
         print(torch._dynamo.utils.compile_times(repr="str", aggregate=True))
     if host_profile:
@@ -177,6 +220,10 @@ def main() -> None:
     parser.add_argument("--host-profile", type=int, default=0,
                         help="with --full-epochs: print the N host operations / compiler phases of the whole run "
                              "taking most wall time")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time the clean passes, AOT loading and graph capture of the whole run")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="keep cuDNN's autotuning off (run_interruption switches it on for CUDA runs)")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
@@ -185,7 +232,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True  # as run_interruption sets it on CUDA
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark  # as run_interruption sets it on CUDA
+    if args.no_cudnn_benchmark:
+        from tsdf_pipeline.defense import interruption
+
+        interruption.cudnn_autotune = lambda device: contextlib.nullcontext()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -197,7 +248,7 @@ def main() -> None:
                              cuda_graphs=not args.no_graphs, aot_cache_dir=args.aot_cache, progress=False)
     steps = cfg.inner_steps + 1
     print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
-          f"aot={cfg.aot_cache_dir} "
+          f"aot={cfg.aot_cache_dir} cudnn_benchmark={torch.backends.cudnn.benchmark} "
           f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 
@@ -205,7 +256,7 @@ def main() -> None:
         if not args.full_epochs:
             parser.error("--only-full-run needs --full-epochs")
         full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device,
-                 host_profile=args.host_profile)
+                 host_profile=args.host_profile, breakdown=args.breakdown)
         return
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
     stage = _Stage1(prepared, cfg, device, size, n_batches=1)

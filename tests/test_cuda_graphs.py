@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
-from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN, InterruptionConfig, run_interruption
+from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,9 +44,6 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 
 @needs_cuda
-@pytest.mark.skipif(os.environ.get(CUDA_AOT_OPT_IN) != "1",
-                    reason=f"the AOT artifacts have not run on a GPU yet (benchmarks/README.md); {CUDA_AOT_OPT_IN}=1 "
-                           "runs this")
 @pytest.mark.parametrize("amp", [False, True])
 def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
     """AOT-compiled steps (Inductor standalone artifacts) + graph replay (channels-last, bf16 when ``amp``) against

@@ -111,17 +111,3 @@ def test_the_artifact_key_covers_victim_settings_and_non_persistent_buffers():
     victims[0].reference.sub_(1.0)
     victims[0].arch = "hisd"  # describe() changes
     assert key(victims) != before
-
-
-def test_cuda_needs_the_opt_in_until_the_artifacts_are_known_to_run_there(monkeypatch, tmp_path):
-    """Not yet run on CUDA (AOTInductor packages crashed there): a clear error instead, unless opted in."""
-    from tsdf_pipeline.defense.interruption import CUDA_AOT_OPT_IN, _Stage1
-    from tsdf_pipeline.defense.victim_ops import prepare_victims
-
-    prepared = prepare_victims(standins(), torch.device("cpu"), channels_last=False, compile=False)
-    config = InterruptionConfig(device="cpu", aot_cache_dir=str(tmp_path))
-    monkeypatch.delenv(CUDA_AOT_OPT_IN, raising=False)
-    with pytest.raises(ValueError, match=f"CPU only .* compile: true, or set {CUDA_AOT_OPT_IN}=1"):
-        _Stage1(prepared, config, torch.device("cuda"), 8, 1)
-    monkeypatch.setenv(CUDA_AOT_OPT_IN, "1")
-    assert set(_Stage1(prepared, config, torch.device("cuda"), 8, 1).aot) == {"feature", "end_to_end"}

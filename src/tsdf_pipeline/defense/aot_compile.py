@@ -4,8 +4,10 @@
 an H100, even with a warm on-disk cache). Here the whole function, autograd included, is traced once into one
 ATen graph (``make_fx``), its tensor constants (the victims' weights) are lifted to inputs, and Inductor compiles
 it into a standalone artifact (``torch._inductor.standalone_compile``: the same Python wrapper and kernels as
-``torch.compile``) that a later run loads without tracing anything. (Not an AOTInductor ``.pt2`` package: on
-CUDA with torch 2.11 loading any such package crashes the process; benchmarks/README.md.)
+``torch.compile``) that a later run loads without tracing anything. The artifact is the bundled kind (``aot=True``:
+one self-contained function with its kernels), which loaded faster than the cache-entry kind on an H200 (stage 1
+at paper scale: 4.8 s against 6.0–6.3 s, Inductor's import included; benchmarks/README.md). (Not an AOTInductor
+``.pt2`` package: on CUDA with torch 2.11 loading any such package crashes the process.)
 
 Contract of ``fn`` (as for :class:`~tsdf_pipeline.defense.cuda_graphs.GraphedFunction`): arguments and results
 are (nested tuples / lists / dicts of) tensors; it is pure, without host syncs, data-dependent shapes or random
@@ -79,7 +81,7 @@ class AotCompiledFunction:
         constants = _lift_constants(traced)
         traced_at = time.perf_counter()
         artifact = torch._inductor.standalone_compile(traced, [*leaves, *constants],
-                                                      dynamic_shapes="from_example_inputs")
+                                                      dynamic_shapes="from_example_inputs", aot=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: artifact.save(path=str(tmp), format="binary"))
         _atomic_write(_constants_path(path), lambda tmp: torch.save(constants, tmp))

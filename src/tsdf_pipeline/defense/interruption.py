@@ -34,7 +34,6 @@ Differences from the release, none of which changes the update:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +101,7 @@ class InterruptionConfig(AttackSettings):
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
-    aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here (CPU)
+    aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -111,10 +110,6 @@ class InterruptionConfig(AttackSettings):
             raise ValueError(f"InterruptionConfig.cache_clean: expected 'run' or 'batch', got {self.cache_clean!r}")
         if self.epsilon <= 0 or self.step_size <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError("InterruptionConfig: epsilon, step_size and batch_size must be positive, epochs >= 0")
-
-
-# Opt-in for the ahead-of-time compiled steps on CUDA, where they are not known to work yet.
-CUDA_AOT_OPT_IN = "TSDF_EXPERIMENTAL_CUDA_AOT"
 
 
 @dataclass
@@ -179,12 +174,6 @@ class _Stage1:
         # artifact (the feature step's serves its `inner_steps` calls); None: run them as Python.
         self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
-            if device.type == "cuda" and os.environ.get(CUDA_AOT_OPT_IN) != "1":
-                raise ValueError(
-                    "InterruptionConfig.aot_cache_dir works on the CPU only for now: its Inductor standalone "
-                    "artifacts have not run on a GPU yet (the AOTInductor packages used before crashed the process on "
-                    "loading; torch 2.11.0+cu130, H200; benchmarks/README.md). On CUDA use compile: true, or set "
-                    f"{CUDA_AOT_OPT_IN}=1 to try it.")
             key = self._aot_key()
             self.aot = {"feature": AotCompiledFunction(self._feature_tensor_step, config.aot_cache_dir,
                                                        {**key, "step": "feature"}),
