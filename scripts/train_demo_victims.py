@@ -12,7 +12,11 @@ Each arch resumes from ``--work`` if a run of the same recipe and data is there.
 
 ``--init DIR`` fine-tunes each arch from the generator ``DIR/<arch>/<official file>`` (fresh discriminator, the
 attacker's case) instead of training from scratch; the record of that generator (``DIR/<arch>/training.json``) is
-kept under ``"init"`` of the new record, so a shipped file names every run that led to it.
+kept under ``"init"`` of the new record, so a shipped file names every run that led to it. ``--set-block NAME``
+applies the recipe keys of ``victim_training.NAME``, e.g. the shipped HiSD's second phase (edit distillation)::
+
+    python scripts/train_demo_victims.py --device cpu --archs hisd --init data/06_models/demo \
+        --set-block hisd_edit_distillation
 """
 
 from __future__ import annotations
@@ -60,9 +64,10 @@ def pinned_teachers(recipe: dict) -> tuple[list[dict], list[dict]]:
     return [{**spec, "checkpoint": str(ROOT / spec["checkpoint"])} for spec in record], record
 
 
-def teacher_archs(params: dict, arch: str) -> set[str]:
-    """The architectures whose demo checkpoints ``arch``'s recipe uses as edit teachers."""
-    files = {str(Path(spec["checkpoint"])) for spec in (params.get(arch) or {}).get("teachers") or []}
+def teacher_archs(params: dict, arch: str, overrides: dict) -> set[str]:
+    """The architectures whose demo checkpoints ``arch``'s recipe (with ``overrides``) uses as edit teachers."""
+    recipe = {**(params.get(arch) or {}), **overrides}
+    files = {str(Path(spec["checkpoint"])) for spec in recipe.get("teachers") or []}
     return {a for a, name in OFFICIAL_FILES.items() if str(Path("data/06_models/demo") / a / name) in files}
 
 
@@ -161,13 +166,24 @@ def main() -> None:
     parser.add_argument("--init", default=None, help="fine-tune from the generators in this folder (see above)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override recipe keys of every arch (YAML values), e.g. lr_update_step=1")
+    parser.add_argument("--set-block", default=None, metavar="NAME",
+                        help="override recipe keys of every arch with the block victim_training.NAME of --config "
+                             "(before --num-iters and --set), e.g. hisd_edit_distillation with --init")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs to files)")
     args = parser.parse_args()
     params = yaml.safe_load(Path(args.config).read_text())["victim_training"]
     data_params = yaml.safe_load(Path(args.data_config).read_text())["data_ingestion"]
     archs = args.archs or params["victims"]
+    overrides: dict = {}
+    if args.set_block is not None:
+        if not isinstance(params.get(args.set_block), dict):
+            raise SystemExit(f"--set-block {args.set_block}: {args.config} has no block victim_training.{args.set_block}")
+        overrides |= params[args.set_block]
+    if args.num_iters is not None:
+        overrides["num_iters"] = args.num_iters
+    overrides |= dict(_key_value(item) for item in args.set)
     # An arch whose edit teachers are trained in this run waits for them (HiSD with `teachers`).
-    late = [arch for arch in archs if teacher_archs(params, arch) & set(archs)]
+    late = [arch for arch in archs if teacher_archs(params, arch, overrides) & set(archs)]
     waves = [[arch for arch in archs if arch not in late], late]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.parallel and len(archs) > 1:
@@ -179,6 +195,8 @@ def main() -> None:
             base += ["--num-iters", str(args.num_iters)]
         if args.init is not None:
             base += ["--init", args.init]
+        if args.set_block is not None:
+            base += ["--set-block", args.set_block]
         if args.set:
             base += ["--set", *args.set]
         if args.no_progress:
@@ -189,8 +207,6 @@ def main() -> None:
             if any(codes):
                 raise SystemExit(f"training failed for {[a for a, c in zip(wave, codes, strict=True) if c]}")
         return
-    overrides = {} if args.num_iters is None else {"num_iters": args.num_iters}
-    overrides |= dict(_key_value(item) for item in args.set)
     if args.no_progress:
         overrides["progress"] = False
     for arch in waves[0] + waves[1]:

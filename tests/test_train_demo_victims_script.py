@@ -69,8 +69,8 @@ def test_hisd_trains_after_its_edit_teachers_and_records_their_sha256(tmp_path):
     stargan = {"arch": "stargan", "checkpoint": "data/06_models/demo/stargan/200000-G.ckpt",
                **models["victims"]["stargan"]}
     config["victim_training"]["hisd"] |= {"teacher_w": 1.0, "teachers": [stargan]}
-    assert script.teacher_archs(config["victim_training"], "hisd") == {"stargan"}
-    assert script.teacher_archs(config["victim_training"], "stargan") == set()
+    assert script.teacher_archs(config["victim_training"], "hisd", {}) == {"stargan"}
+    assert script.teacher_archs(config["victim_training"], "stargan", {}) == set()
     (tmp_path / "recipes.yml").write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, str(ROOT / "scripts/train_demo_victims.py"), "--device", "cpu",
                              "--config", str(tmp_path / "recipes.yml"), "--archs", "hisd", "stargan",
@@ -80,3 +80,21 @@ def test_hisd_trains_after_its_edit_teachers_and_records_their_sha256(tmp_path):
     assert result.stdout.index("stargan: 1 steps") < result.stdout.index("hisd: 1 steps")
     teachers = json.loads((tmp_path / "out/hisd/training.json").read_text())["recipe"]["teachers"]
     assert teachers == [{**stargan, "sha256": file_sha256(ROOT / stargan["checkpoint"])}]
+
+
+def test_set_block_runs_the_hisd_edit_distillation_and_pins_its_teachers(tmp_path):
+    """``--set-block hisd_edit_distillation`` fine-tunes the shipped HiSD by edit distillation (``--num-iters``
+    still wins), records the block's keys and pins its teachers; an unknown block is named."""
+    out = tmp_path / "out"
+    run = [sys.executable, str(ROOT / "scripts/train_demo_victims.py"), "--device", "cpu", "--archs", "hisd",
+           "--no-progress", "--init", "data/06_models/demo", "--out", str(out), "--work", str(tmp_path / "work")]
+    subprocess.run([*run, "--set-block", "hisd_edit_distillation", "--num-iters", "2"], cwd=ROOT, check=True,
+                   capture_output=True)
+    record = json.loads((out / "hisd/training.json").read_text())
+    assert record["steps"] == 2 and record["recipe"]["distill_tags"] == ["Gender"]
+    assert [t["sha256"] for t in record["recipe"]["teachers"]] == [
+        file_sha256(ROOT / t["checkpoint"]) for t in record["recipe"]["teachers"]]
+    assert record["init"] == json.loads((ROOT / "data/06_models/demo/hisd/training.json").read_text())
+    missing = subprocess.run([*run, "--set-block", "no_such_block"], cwd=ROOT, check=False, capture_output=True,
+                             text=True)
+    assert missing.returncode != 0 and "has no block victim_training.no_such_block" in missing.stderr

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training_engine import tiny_config, tiny_dataset
+from tests.test_training_engine import read_state, tiny_config, tiny_dataset
 from tsdf_pipeline.data.attributes import CELEBA_ATTRS
-from tsdf_pipeline.models import build_generator, save_generator
+from tsdf_pipeline.models import build_generator, load_generator, save_generator
 from tsdf_pipeline.pipelines.attacker_retraining.nodes import attacker_overrides
+from tsdf_pipeline.training import train_gan
 from tsdf_pipeline.training.dataset import BatchSampler
 from tsdf_pipeline.training.hisd import HiSDTrainer
 from tsdf_pipeline.training.teacher import EditTeacher
@@ -77,6 +78,52 @@ def test_hisd_teacher_w_adds_the_paired_term_to_the_generator_loss(tmp_path: Pat
 
 
 def test_the_simulated_attacker_fine_tunes_hisd_without_teachers() -> None:
-    assert attacker_overrides("hisd", {"overrides": {"num_iters": 5}}) == {"teacher_w": 0.0, "num_iters": 5}
-    assert attacker_overrides("hisd", {"overrides": {"teacher_w": 1.0}}) == {"teacher_w": 1.0}  # explicit wins
+    off = {"teacher_w": 0.0, "distill_tags": []}
+    assert attacker_overrides("hisd", {"overrides": {"num_iters": 5}}) == {**off, "num_iters": 5}
+    assert attacker_overrides("hisd", {"overrides": {"teacher_w": 1.0}}) == {**off, "teacher_w": 1.0}  # explicit wins
     assert attacker_overrides("stargan", {"overrides": None}) == {}
+
+
+def test_edit_distillation_trains_only_the_distilled_tags_and_the_extractor(tmp_path: Path) -> None:
+    """``distill_tags``: a fine-tuning run without D whose anchor is the loaded generator; the encoder, decoder and
+    other tags keep their weights, a killed run resumes to the same result."""
+    _, spec = _stargan_teacher(tmp_path, 1)
+    base = dict(tag_rules=GENDER_AGE, distill_tags=["Gender"], teachers=[spec], teacher_w=1.0, num_iters=4,
+                checkpoint_every=2, lr_gen_others=1e-2, lr_gen_mappers=1e-2)
+    start = HiSDTrainer(tiny_config("hisd", **base), tiny_dataset(), torch.device("cpu"))
+    torch.manual_seed(1)
+    training_generator = build_generator("hisd", **start.generator_config())
+    # The file's 'gen' (training generator) differs from its 'gen_test' (what victims run): the distillation
+    # starts from 'gen_test'.
+    init = save_generator("hisd", start.generator, tmp_path / "init.pt",
+                          extra={"gen": training_generator.state_dict()})
+    result = train_gan("hisd", tiny_dataset(), tiny_config("hisd", **base), tmp_path / "run", init_checkpoint=init)
+    assert set(result.history[-1][1]) == {"G/distill_edit", "G/distill_rec"}
+    state = read_state(result.state_path)["models"]
+    before = start.generator.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in state["G_anchor"].items())
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k, v in state["G"].items() if not torch.equal(v, before[k])}
+    assert changed == {"extractors.model", "translators.0", "mappers.0"}
+    # Interrupted after the checkpoint at step 2 (num_iters 2), then resumed to 4: the same generator.
+    train_gan("hisd", tiny_dataset(), tiny_config("hisd", **{**base, "num_iters": 2}), tmp_path / "resumed",
+              init_checkpoint=init)
+    resumed = train_gan("hisd", tiny_dataset(), tiny_config("hisd", **base), tmp_path / "resumed",
+                        init_checkpoint=init)
+    assert resumed.resumed_from == 2
+    cfg = start.generator_config()
+    assert all(torch.equal(a, b) for a, b in zip(load_generator("hisd", result.generator_path, **cfg).state_dict().values(),
+                                                 load_generator("hisd", resumed.generator_path, **cfg).state_dict().values(),
+                                                 strict=True))
+
+
+def test_edit_distillation_refuses_unknown_tags_no_edit_weight_and_a_discriminator_warmup(tmp_path: Path) -> None:
+    _, spec = _stargan_teacher(tmp_path, 1)
+    base = dict(tag_rules=GENDER_AGE, teachers=[spec], teacher_w=1.0)
+    with pytest.raises(ValueError, match=r"distill_tags: unknown tags \['Hair'\]; tag_rules has \['Gender', 'Age'\]"):
+        HiSDTrainer(tiny_config("hisd", **base, distill_tags=["Hair"]), tiny_dataset(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="teacher_w weighs the distilled edit, expected > 0, got 0.0"):
+        HiSDTrainer(tiny_config("hisd", **{**base, "teacher_w": 0.0}, distill_tags=["Gender"]), tiny_dataset(),
+                    torch.device("cpu"))
+    with pytest.raises(ValueError, match="discriminator_warmup_iters must be 0"):
+        HiSDTrainer(tiny_config("hisd", **base, distill_tags=["Gender"], discriminator_warmup_iters=1),
+                    tiny_dataset(), torch.device("cpu"))

@@ -181,6 +181,13 @@ class HiSDConfig(TrainConfig):
     batch of ``j_trg`` images) to the (detached) self-translation plus ``teacher_scale`` times the mean edit of
     the frozen ``teachers`` (StarGAN / AttentionGAN / AttGAN victim specs as in ``model_loading.victims``) to
     ``j_trg``'s labels: the translator learns the teachers' edit on top of its own reconstruction.
+    ``distill_tags`` (not upstream; empty: off) turns the run into an edit distillation that fine-tunes a trained
+    generator (``init_checkpoint``) without D: each step draws one of these tags and regresses its latent- and
+    reference-guided translations to ``j_trg`` onto the anchor's self-translation plus ``teacher_scale`` times the
+    teachers' edit (weight ``teacher_w``), and its self-translation onto the anchor's (weight ``rec_w``). The
+    anchor is a frozen copy of the generator as the run starts. Only those tags' translators and mappers and the
+    style extractor learn (learning rates ``lr_gen_others`` / ``lr_gen_mappers``); the encoder, decoder and other
+    tags stay as loaded. At demo size the GAN objective does not learn the teachers' edit (docs/fidelity.md).
     """
 
     batch_size: int = 8
@@ -211,6 +218,7 @@ class HiSDConfig(TrainConfig):
     teacher_w: float = 0.0  # weight of the edit teachers' paired L1 terms (not upstream; 0: off)
     teacher_scale: float = 1.0  # multiplies the teachers' mean edit in the paired target
     teachers: tuple[dict[str, Any], ...] = ()  # victim specs of the frozen edit teachers (teacher_w > 0)
+    distill_tags: tuple[str, ...] = ()  # tags whose edits are distilled from the teachers, without D (not upstream)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

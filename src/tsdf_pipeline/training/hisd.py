@@ -108,12 +108,24 @@ class HiSDTrainer(ArchTrainer):
                              f"{self.discriminator.input_size}, got {config.image_size}")
         self.generator_ema = copy.deepcopy(self.generator)
         G, betas = self.generator, (config.beta1, config.beta2)
+        self.distill = self._distill_tag_indices()
+        # Edit distillation: the frozen start generator (filled at step 1, checkpointed for resuming).
+        self.anchor = copy.deepcopy(self.generator).requires_grad_(False) if self.distill else None
+        if self.distill:
+            G.requires_grad_(False)  # the encoder, decoder and other tags stay as loaded
+            for module in [G.extractors, *(m[t] for m in (G.translators, G.mappers) for t in self.distill)]:
+                module.requires_grad_(True)
+            groups = [{"params": [p for t in self.distill for p in G.translators[t].parameters()]},
+                      {"params": G.extractors.parameters()},
+                      {"params": [p for t in self.distill for p in G.mappers[t].parameters()],
+                       "lr": config.lr_gen_mappers}]
+        else:
+            groups = [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
+                      {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
+                      {"params": G.mappers.parameters(), "lr": config.lr_gen_mappers}]
         self.optimizers = {
-            "G": torch.optim.Adam(
-                [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
-                 {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
-                 {"params": G.mappers.parameters(), "lr": config.lr_gen_mappers}],
-                lr=config.lr_gen_others, betas=betas, weight_decay=config.weight_decay, foreach=True),
+            "G": torch.optim.Adam(groups, lr=config.lr_gen_others, betas=betas, weight_decay=config.weight_decay,
+                                  foreach=True),
             "D": torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_dis, betas=betas,
                                   weight_decay=config.weight_decay, foreach=True),
         }
@@ -123,7 +135,26 @@ class HiSDTrainer(ArchTrainer):
                             for t, n in enumerate(self._num_attributes)]
         self._device_images: Tensor | None = None
         self._device_attrs40: Tensor | None = None
-        self.teacher = EditTeacher(config.teachers, config.tag_rules, device) if config.teacher_w else None
+        self.teacher = (EditTeacher(config.teachers, config.tag_rules, device)
+                        if config.teacher_w or self.distill else None)
+
+    def _distill_tag_indices(self) -> list[int]:
+        """Indices of ``distill_tags`` in ``tag_rules``; unknown names, ``teacher_w`` 0 and a D warm-up (no D here)
+        are refused."""
+        c, names = self.config, list(self.config.tag_rules)
+        unknown = [t for t in c.distill_tags if t not in names]
+        if unknown:
+            raise ValueError(f"HiSDConfig.distill_tags: unknown tags {unknown}; tag_rules has {names}")
+        if c.distill_tags and c.teacher_w <= 0:
+            raise ValueError(f"HiSDConfig.distill_tags: teacher_w weighs the distilled edit, expected > 0, got "
+                             f"{c.teacher_w}")
+        if c.distill_tags and c.discriminator_warmup_iters:
+            raise ValueError("HiSDConfig.distill_tags: the edit distillation trains no D, so "
+                             f"discriminator_warmup_iters must be 0, got {c.discriminator_warmup_iters}")
+        return [names.index(t) for t in c.distill_tags]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), **({"G_anchor": self.anchor} if self.anchor is not None else {})}
 
     def _tags(self, with_conditions: bool) -> list[dict[str, Any]]:
         tags = []
@@ -144,16 +175,20 @@ class HiSDTrainer(ArchTrainer):
                 "head_kernel": self.config.dis_head_kernel, "classifier": self.config.cls_w > 0}
 
     def sampling_pools(self) -> dict[str, Tensor]:
-        return {pool_name(self.config.tag_rules, t, a): rows for (t, a), rows in self.pools.items()}
+        """One pool per tag attribute (with ``distill_tags``, of those tags only)."""
+        return {pool_name(self.config.tag_rules, t, a): rows for (t, a), rows in self.pools.items()
+                if not self.distill or t in self.distill}
 
     def load_init(self, generator_path: str | os.PathLike, discriminator_path: str | os.PathLike | None) -> None:
         """``gen`` from the checkpoint's ``'gen'`` entry when present (else ``'gen_test'``), ``gen_test`` from
-        ``'gen_test'``; D from the official ``{'dis': state_dict}`` file when given."""
+        ``'gen_test'``; D from the official ``{'dis': state_dict}`` file when given. An edit distillation
+        (``distill_tags``) starts both from ``'gen_test'``, the generator a victim runs: the parts it keeps frozen
+        are then that generator's."""
         assert self.generator_ema is not None
         cfg = self.generator_config()
         self.generator_ema.load_state_dict(load_generator(self.arch, generator_path, **cfg).state_dict())
         ckpt = read_checkpoint(generator_path)
-        key = "gen" if isinstance(ckpt, dict) and "gen" in ckpt else "gen_test"
+        key = "gen" if isinstance(ckpt, dict) and "gen" in ckpt and not self.distill else "gen_test"
         self.generator.load_state_dict(
             load_generator(self.arch, generator_path, wrapper_key=key, **cfg).state_dict())
         if discriminator_path is not None:
@@ -209,7 +244,41 @@ class HiSDTrainer(ArchTrainer):
         """A fresh augmented batch ``[B,3,S,S]`` in [-1,1] of tag ``i``'s attribute ``j`` pool."""
         return self._augment(self._draw_on_device(sampler.next(self._pool_names[i][j]))[0])
 
+    def distill_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
+        """One edit-distillation step (``HiSDConfig.distill_tags``): regression onto the anchor's self-translation
+        plus the teachers' edit; no D, no adversarial term."""
+        c, G = self.config, self.generator
+        assert self.anchor is not None and self.teacher is not None and self.generator_ema is not None
+        if step == 1:  # the run starts from the loaded generator: that is the anchor
+            self.anchor.load_state_dict(G.state_dict())
+        i = self.distill[int(torch.randint(len(self.distill), (1,)))]
+        j, j_trg = torch.randperm(self._num_attributes[i])[:2].tolist()
+        x, _, attrs40 = self._draw_on_device(sampler.next(self._pool_names[i][j]))
+        x = self._augment(x)
+        b = x.shape[0]
+        with torch.no_grad(), self.autocast():
+            e = G.encode(x)  # the encoder and decoder are frozen
+            anchor = self.anchor
+            target_slf = anchor.decode(anchor.translate(anchor.encode(x), anchor.extract(x, i), i)).float()
+            target_trg = target_slf + c.teacher_scale * self.teacher.edit(x, attrs40, i, j_trg).float()
+            x_ref = self._reference_batch(sampler, i, j_trg)
+        with self.autocast():
+            s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
+            x_slf, x_trg, x_ref_trg = self._batched(lambda e_, s_: G.decode(G.translate(e_, s_, i)),
+                                                    (e, G.extract(x, i)), (e, s_trg), (e, G.extract(x_ref, i)))
+            g_edit = F.l1_loss(x_trg.float(), target_trg) + F.l1_loss(x_ref_trg.float(), target_trg)
+            g_rec = F.l1_loss(x_slf.float(), target_slf)
+            g_total = c.teacher_w * g_edit + c.rec_w * g_rec
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        g_total.backward()
+        nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)
+        self._step(self.optimizers["G"])
+        update_average(self.generator_ema, G, c.ema_beta)
+        return {"G/distill_edit": g_edit.detach(), "G/distill_rec": g_rec.detach()}
+
     def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
+        if self.distill:
+            return self.distill_step(step, sampler)
         c = self.config
         G, D = self.generator, self.discriminator
         # Tag / attribute choice on the host (upstream core/train.py: random.sample), no device sync.

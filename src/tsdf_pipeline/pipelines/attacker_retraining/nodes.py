@@ -106,9 +106,10 @@ def _as_prepared(entry: dict[str, Any]) -> PreparedSet:
 
 def attacker_overrides(arch: str, params: dict[str, Any]) -> dict[str, Any]:
     """Recipe overrides of the attacker's fine-tuning: ``params.overrides`` on top of the architecture's own
-    objective. HiSD's edit teachers (``teacher_w``, a training aid of the demo victims) are off unless the
-    overrides set them: an attacker who collects photos has no such models."""
-    return {**({"teacher_w": 0.0} if arch == "hisd" else {}), **(params.get("overrides") or {})}
+    objective. HiSD's edit teachers (``teacher_w``, ``distill_tags``: training aids of the demo victims) are off
+    unless the overrides set them: an attacker who collects photos has no such models."""
+    teachers_off = {"teacher_w": 0.0, "distill_tags": []} if arch == "hisd" else {}
+    return {**teachers_off, **(params.get("overrides") or {})}
 
 
 def retrain(prepared: dict[str, Any], victim_ensemble: list[dict[str, Any]], params: dict[str, Any],
