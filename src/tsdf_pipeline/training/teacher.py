@@ -1,12 +1,12 @@
 """Edit teachers: frozen label-conditioned victims whose attribute edits supervise a HiSD translator.
 
-Not upstream (``HiSDConfig.teacher_w``). At demo size HiSD's unpaired objective does not learn a gender edit
-(docs/fidelity.md, "HiSD demo run"), while StarGAN, AttentionGAN and AttGAN trained on the same images do. A
-teacher turns their edits into paired residuals: for an image ``x`` with labels ``a`` and a HiSD target attribute
-whose tag rule sets some label columns, the edit is ``mean_k (T_k(x, a') − T_k(x, a))``, where ``a'`` is ``a``
-with the rule's columns set and ``T_k(x, ·)`` is teacher ``k``'s output for those labels (its reconstruction
-target, ``Victim.targets(mode="train")``). Differencing two outputs of one teacher keeps its edit and drops its
-reconstruction error (blur, colour shifts).
+Not upstream (``HiSDConfig.teacher_w`` inside HiSD's GAN loss, ``HiSDConfig.distill_tags`` without D). At demo
+size HiSD's unpaired objective does not learn a gender edit (docs/fidelity.md, "HiSD demo run"), while StarGAN,
+AttentionGAN and AttGAN trained on the same images do. A teacher turns their edits into paired residuals: for an
+image ``x`` with labels ``a`` and a HiSD target attribute whose tag rule sets some label columns, the edit is
+``mean_k (T_k(x, a') − T_k(x, a))``, where ``a'`` is ``a`` with the rule's columns set and ``T_k(x, ·)`` is teacher
+``k``'s output for those labels (its reconstruction target, ``Victim.targets(mode="train")``). Differencing two
+outputs of one teacher keeps its edit and drops its reconstruction error (blur, colour shifts).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class EditTeacher:
     def __init__(self, specs: Sequence[Mapping[str, Any]], tag_rules: Mapping[str, Mapping[str, Mapping[str, int]]],
                  device: torch.device) -> None:
         if not specs:
-            raise ValueError("HiSDConfig.teachers is empty; teacher_w > 0 needs at least one victim spec")
+            raise ValueError("HiSDConfig.teachers is empty; teacher_w > 0 and distill_tags need at least one victim spec")
         self.victims: list[Victim] = []
         for k, spec in enumerate(specs):
             if spec.get("arch") not in LABEL_ARCHS:
