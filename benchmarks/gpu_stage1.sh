@@ -11,9 +11,9 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
 # The GPU image's site-packages had no usable bytecode cache: every process compiled ~2,200 modules from source
-# (7.7 s; 4.3 s of it importing Inductor and Triton). A writable cache lets later processes skip that, as a normal
-# installation does.
-export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
+# (7.7 s; 4.3 s of it importing Inductor and Triton). A writable cache lets this script's later processes skip
+# that, as a normal installation does.
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$(mktemp -d)}
 export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)   # empty: the first compiled run is cold
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
