@@ -112,13 +112,13 @@ class HiSDTrainer(ArchTrainer):
         # Edit distillation: the frozen start generator (filled at step 1, checkpointed for resuming).
         self.anchor = copy.deepcopy(self.generator).requires_grad_(False) if self.distill else None
         if self.distill:
+            others = [G.extractors, *(G.translators[t] for t in self.distill)]
+            mappers = [G.mappers[t] for t in self.distill]
             G.requires_grad_(False)  # the encoder, decoder and other tags stay as loaded
-            for module in [G.extractors, *(m[t] for m in (G.translators, G.mappers) for t in self.distill)]:
+            for module in [*others, *mappers]:
                 module.requires_grad_(True)
-            groups = [{"params": [p for t in self.distill for p in G.translators[t].parameters()]},
-                      {"params": G.extractors.parameters()},
-                      {"params": [p for t in self.distill for p in G.mappers[t].parameters()],
-                       "lr": config.lr_gen_mappers}]
+            groups = [{"params": [p for m in others for p in m.parameters()]},
+                      {"params": [p for m in mappers for p in m.parameters()], "lr": config.lr_gen_mappers}]
         else:
             groups = [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
                       {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
@@ -257,9 +257,9 @@ class HiSDTrainer(ArchTrainer):
         x = self._augment(x)
         b = x.shape[0]
         with torch.no_grad(), self.autocast():
-            e = G.encode(x)  # the encoder and decoder are frozen
+            e = G.encode(x)  # the encoder and decoder are frozen, so the anchor's equal G's
             anchor = self.anchor
-            target_slf = anchor.decode(anchor.translate(anchor.encode(x), anchor.extract(x, i), i)).float()
+            target_slf = anchor.decode(anchor.translate(e, anchor.extract(x, i), i)).float()
             target_trg = target_slf + c.teacher_scale * self.teacher.edit(x, attrs40, i, j_trg).float()
             x_ref = self._reference_batch(sampler, i, j_trg)
         with self.autocast():
