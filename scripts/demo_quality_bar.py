@@ -60,6 +60,21 @@ def change_rates(changed: np.ndarray, male: np.ndarray) -> dict[str, float]:
             "gender_change_male_to_female": float(changed[male].mean())}
 
 
+def held_out_reference_flips(victim: torch.nn.Module, x: torch.Tensor, male: np.ndarray) -> dict[str, float]:
+    """The reference-guided edit of the female test images ``x[~male]`` with each male test image as the
+    reference in turn (the configured reference is one training image): flip rate mean / min / max over them."""
+    gen, tag = victim.generator, victim.tag
+    rates = []
+    with torch.no_grad():
+        e = gen.encode(x[~male])
+        for ref in x[male]:
+            out = gen.decode(gen.translate(e, gen.extract(ref[None], tag).expand(len(e), -1), tag))
+            rates.append(float((male_probability(out) > 0.5).mean()))
+    return {"gender_flip_rate": float(np.mean(rates)), "gender_flip_rate_min": float(np.min(rates)),
+            "gender_flip_rate_max": float(np.max(rates)), "gender_flip_images": int((~male).sum()),
+            "references": int(male.sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=str(SHIPPED), help="folder of <victim>/<official file>")
@@ -111,6 +126,7 @@ def main() -> None:
             changed = (male_probability(own) > 0.5) != male_orig
             per_target["self_translation"] = {"mean_abs_change": float((own - x).abs().mean()),
                                               **change_rates(changed, male_orig)}
+            per_target["ref_Gender_held_out_references"] = held_out_reference_flips(victim, x, male_orig)
         results[name] = per_target
         grid = torch.cat([x[:6].unsqueeze(0), out[:, :6]]).transpose(0, 1).reshape(-1, *x.shape[1:])
         save_image((grid.clamp(-1, 1) + 1) / 2, grids / f"demo_{name}.png", nrow=len(t) + 1)
@@ -131,7 +147,10 @@ def main() -> None:
             extra += (f"  gender changed {row['gender_change_rate']:.2f} (F->M {row['gender_change_female_to_male']:.2f},"
                       f" M->F {row['gender_change_male_to_female']:.2f})") if "gender_change_rate" in row else ""
             mask = f"mask {row['mask_coverage']:.3f}" if "mask_coverage" in row else " " * 10
-            print(f"  {target:24s} {mask}  |G-x| {row['mean_abs_change']:.3f}{extra}")
+            change = f"|G-x| {row['mean_abs_change']:.3f}" if "mean_abs_change" in row else " " * 11
+            extra += (f" (min {row['gender_flip_rate_min']:.2f}, max {row['gender_flip_rate_max']:.2f}, "
+                      f"{row['references']} references)") if "references" in row else ""
+            print(f"  {target:24s} {mask}  {change}{extra}")
     print(json.dumps(results["_meta"]))
 
 

@@ -13,10 +13,13 @@ Each arch resumes from ``--work`` if a run of the same recipe and data is there.
 ``--init DIR`` fine-tunes each arch from the generator ``DIR/<arch>/<official file>`` (fresh discriminator, the
 attacker's case) instead of training from scratch; the record of that generator (``DIR/<arch>/training.json``) is
 kept under ``"init"`` of the new record, so a shipped file names every run that led to it. ``--set-block NAME``
-applies the recipe keys of ``victim_training.NAME``, e.g. the shipped HiSD's second phase (edit distillation)::
+applies the recipe keys of ``victim_training.NAME``, e.g. the shipped HiSD's second and third phases (the edit
+distillation, then the extractor alone)::
 
     python scripts/train_demo_victims.py --device cpu --archs hisd --init data/06_models/demo \
         --set-block hisd_edit_distillation
+    python scripts/train_demo_victims.py --device cpu --archs hisd --init data/06_models/demo \
+        --set-block hisd_edit_distillation --num-iters 1000 --set "distill_parts=[extractor]" style_align_w=5
 """
 
 from __future__ import annotations

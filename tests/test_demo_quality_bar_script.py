@@ -35,3 +35,8 @@ def test_hisd_bar_reports_its_self_translation_floor(tmp_path):
         assert 0.0 <= floor[key] <= 1.0
     # The reference edit (to male) is scored on the female images, the latent edit to female on the male ones.
     assert rows["ref_Gender"]["gender_flip_images"] + rows["latent_Gender_female"]["gender_flip_images"] == 48
+    # Beside the configured reference (a training image), every male test image as the reference in turn.
+    held_out = rows["ref_Gender_held_out_references"]
+    assert held_out["references"] == rows["latent_Gender_female"]["gender_flip_images"]
+    assert held_out["gender_flip_images"] == rows["ref_Gender"]["gender_flip_images"]
+    assert 0.0 <= held_out["gender_flip_rate_min"] <= held_out["gender_flip_rate"] <= held_out["gender_flip_rate_max"] <= 1

@@ -325,3 +325,20 @@ def test_config_defaults_and_overrides() -> None:
     assert make_config("stargan", g_lr=1).g_lr == 1  # ints are numbers too
     with pytest.raises(TypeError, match="needs a StarGANConfig"):
         train_gan("stargan", tiny_dataset(), make_config("attentiongan"), "unused")
+
+
+@pytest.mark.parametrize("arch", ["stargan", "attentiongan"])
+def test_stargan_lambda_id_adds_the_identity_term_to_the_generator_step_only(arch: str) -> None:
+    def one_step(**extra: float) -> tuple[StarGANTrainer, dict[str, float]]:
+        torch.manual_seed(0)
+        trainer = tiny_trainer(arch, tiny_dataset(), n_critic=1, **extra)
+        sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
+        return trainer, {k: float(v) for k, v in trainer.train_step(1, sampler).items()}
+
+    (upstream, off), (trainer, on) = one_step(), one_step(lambda_id=10.0)
+    assert make_config(arch).lambda_id == 0.0 and "G/loss_id" not in off
+    assert on["G/loss_id"] > 0 and {k: v for k, v in on.items() if k != "G/loss_id"} == pytest.approx(off)
+    assert all(torch.equal(p, q) for p, q in zip(upstream.discriminator.parameters(),
+                                                 trainer.discriminator.parameters(), strict=True))
+    assert any(not torch.equal(p, q) for p, q in zip(upstream.generator.parameters(),
+                                                     trainer.generator.parameters(), strict=True))

@@ -116,7 +116,7 @@ def test_edit_distillation_trains_only_the_distilled_tags_and_the_extractor(tmp_
                                                  strict=True))
 
 
-def test_edit_distillation_refuses_unknown_tags_no_edit_weight_and_a_discriminator_warmup(tmp_path: Path) -> None:
+def test_edit_distillation_refuses_unknown_tags_no_edit_weight_a_warmup_and_a_stray_alignment(tmp_path: Path) -> None:
     _, spec = _stargan_teacher(tmp_path, 1)
     base = dict(tag_rules=GENDER_AGE, teachers=[spec], teacher_w=1.0)
     with pytest.raises(ValueError, match=r"distill_tags: unknown tags \['Hair'\]; tag_rules has \['Gender', 'Age'\]"):
@@ -127,3 +127,44 @@ def test_edit_distillation_refuses_unknown_tags_no_edit_weight_and_a_discriminat
     with pytest.raises(ValueError, match="discriminator_warmup_iters must be 0"):
         HiSDTrainer(tiny_config("hisd", **base, distill_tags=["Gender"], discriminator_warmup_iters=1),
                     tiny_dataset(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="style_align_w 1.0 acts in the edit distillation only"):
+        HiSDTrainer(tiny_config("hisd", **base, style_align_w=1.0), tiny_dataset(), torch.device("cpu"))
+
+
+def test_style_alignment_pulls_only_the_extractor_towards_the_detached_mapper(tmp_path: Path) -> None:
+    """``style_align_w``: the extracted styles of the real source and reference batches regress onto mapped styles
+    of their attributes; the mapper is the detached target, so only the extractor's step changes."""
+    _, spec = _stargan_teacher(tmp_path, 1)
+    base = dict(tag_rules=GENDER_AGE, distill_tags=["Gender"], teachers=[spec], teacher_w=1.0, num_iters=1)
+
+    def one_step(**extra: float) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        trainer = HiSDTrainer(tiny_config("hisd", **base, **extra), tiny_dataset(), torch.device("cpu"))
+        trainer.anchor.load_state_dict(trainer.generator.state_dict())
+        sampler = BatchSampler(trainer.sampling_pools(), trainer.config.batch_size, seed=0)
+        losses = {k: float(v) for k, v in trainer.distill_step(2, sampler).items()}
+        return losses, {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+
+    (off, g_off), (on, g_on) = one_step(), one_step(style_align_w=1.0)
+    assert "G/distill_align" not in off and 0 < on["G/distill_align"] < 10
+    assert on["G/distill_edit"] == off["G/distill_edit"] and on["G/distill_rec"] == off["G/distill_rec"]
+    moved = {k.split(".")[0] for k in g_on if not torch.equal(g_on[k], g_off[k])}
+    assert moved == {"extractors"}
+
+
+def test_distill_parts_narrow_what_the_distillation_trains(tmp_path: Path) -> None:
+    _, spec = _stargan_teacher(tmp_path, 1)
+    base = dict(tag_rules=GENDER_AGE, distill_tags=["Gender"], teachers=[spec], teacher_w=1.0, num_iters=2,
+                lr_gen_others=1e-2, lr_gen_mappers=1e-2)
+    torch.manual_seed(0)
+    init = save_generator("hisd", build_generator("hisd", **HiSDTrainer(
+        tiny_config("hisd", **base), tiny_dataset(), torch.device("cpu")).generator_config()), tmp_path / "init.pt")
+    before = torch.load(init, weights_only=True)["gen_test"]
+    for parts, learn in ((["extractor"], {"extractors.model"}), (["translators", "mappers"], {"translators.0", "mappers.0"})):
+        result = train_gan("hisd", tiny_dataset(), tiny_config("hisd", **base, distill_parts=parts), tmp_path / parts[0],
+                           init_checkpoint=init)
+        state = read_state(result.state_path)["models"]["G"]
+        assert {".".join(k.split(".")[:2]) for k, v in state.items() if not torch.equal(v, before[k])} == learn
+    with pytest.raises(ValueError, match=r"distill_parts: expected a non-empty subset of \['extractor', 'translators', "
+                                         r"'mappers'\], got \['decoder'\]"):
+        HiSDTrainer(tiny_config("hisd", **base, distill_parts=["decoder"]), tiny_dataset(), torch.device("cpu"))

@@ -62,6 +62,9 @@ class StarGANConfig(TrainConfig):
     ``lr_update_step``: every this many iterations within the last ``num_iters_decay`` iterations both
     learning rates drop by ``lr / num_iters_decay``, exactly as upstream (with the defaults: 100 drops of
     1e-5 * lr, i.e. a 0.1% decrease overall; ``lr_update_step=1`` gives a linear decay to 0).
+    ``lambda_id`` > 0 (not upstream; CycleGAN's identity loss, Zhu et al. 2017) adds ``lambda_id ·
+    |G(x, c_org) − x|₁`` to G's loss: upstream only trains ``G(·, c_org)`` on fakes (the cycle), so a small
+    model's reconstruction of a real image can stay far from it (docs/fidelity.md).
     """
 
     selected_attrs: tuple[str, ...] = STARGAN_ATTRS
@@ -72,6 +75,7 @@ class StarGANConfig(TrainConfig):
     lambda_cls: float = 1.0
     lambda_rec: float = 10.0
     lambda_gp: float = 10.0
+    lambda_id: float = 0.0  # weight of the identity term |G(x, c_org) - x| (not upstream; 0: off)
     num_iters_decay: int = 100_000
     lr_update_step: int = 1_000
     g_lr: float = 1e-4
@@ -143,6 +147,9 @@ def _hisd_generator_sizes() -> dict[str, Any]:
     return {k: copy.deepcopy(v) for k, v in HISD_DEFAULT_CONFIG.items() if k not in ("tags", "new_size", "input_dim")}
 
 
+DISTILL_PARTS = ("extractor", "translators", "mappers")  # HiSDConfig.distill_parts: what a distillation may train
+
+
 @dataclass
 class HiSDConfig(TrainConfig):
     """imlixinyang/HiSD ``configs/celeba-hq_256.yaml`` and ``core/trainer.py`` defaults.
@@ -186,8 +193,12 @@ class HiSDConfig(TrainConfig):
     reference-guided translations to ``j_trg`` onto the anchor's self-translation plus ``teacher_scale`` times the
     teachers' edit (weight ``teacher_w``), and its self-translation onto the anchor's (weight ``rec_w``). The
     anchor is a frozen copy of the generator as the run starts. Only those tags' translators and mappers and the
-    style extractor learn (learning rates ``lr_gen_others`` / ``lr_gen_mappers``); the encoder, decoder and other
-    tags stay as loaded. At demo size the GAN objective does not learn the teachers' edit (docs/fidelity.md).
+    style extractor learn (learning rates ``lr_gen_others`` / ``lr_gen_mappers``; ``distill_parts`` narrows that to
+    some of ``extractor``, ``translators``, ``mappers``); the encoder, decoder and other tags stay as loaded. At demo size the GAN objective does not learn the teachers' edit (docs/fidelity.md).
+    ``style_align_w`` > 0 (distillation only; not upstream) adds ``style_align_w ·`` the L1 distance of the styles
+    extracted from the real source batch (attribute ``j``) and the reference batch (``j_trg``) to styles the
+    (detached) mapper gives those attributes for fresh noise: the extractor learns to put a real image of an
+    attribute where the latent-guided edit already works, which the reference-guided edit needs.
     """
 
     batch_size: int = 8
@@ -219,6 +230,8 @@ class HiSDConfig(TrainConfig):
     teacher_scale: float = 1.0  # multiplies the teachers' mean edit in the paired target
     teachers: tuple[dict[str, Any], ...] = ()  # victim specs of the frozen edit teachers (teacher_w > 0)
     distill_tags: tuple[str, ...] = ()  # tags whose edits are distilled from the teachers, without D (not upstream)
+    distill_parts: tuple[str, ...] = DISTILL_PARTS  # the generator parts that learn in a distillation
+    style_align_w: float = 0.0  # distillation: weight of the extracted-to-mapped style term (not upstream; 0: off)
 
 
 CONFIG_CLASSES: dict[str, type[TrainConfig]] = {

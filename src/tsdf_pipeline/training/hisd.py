@@ -22,7 +22,7 @@ from tsdf_pipeline.models import build_generator, load_generator, save_generator
 from tsdf_pipeline.models.checkpoints import load_state_dict_strict, read_checkpoint, unwrap_state_dict
 from tsdf_pipeline.models.hisd import HiSDDiscriminator
 from tsdf_pipeline.training.base import ArchTrainer, grid_rows, set_requires_grad
-from tsdf_pipeline.training.config import HiSDConfig
+from tsdf_pipeline.training.config import DISTILL_PARTS, HiSDConfig
 from tsdf_pipeline.training.dataset import (
     BatchSampler,
     TensorFaceDataset,
@@ -112,13 +112,16 @@ class HiSDTrainer(ArchTrainer):
         # Edit distillation: the frozen start generator (filled at step 1, checkpointed for resuming).
         self.anchor = copy.deepcopy(self.generator).requires_grad_(False) if self.distill else None
         if self.distill:
-            others = [G.extractors, *(G.translators[t] for t in self.distill)]
-            mappers = [G.mappers[t] for t in self.distill]
-            G.requires_grad_(False)  # the encoder, decoder and other tags stay as loaded
+            parts = config.distill_parts
+            others = [*([G.extractors] if "extractor" in parts else []),
+                      *(G.translators[t] for t in self.distill if "translators" in parts)]
+            mappers = [G.mappers[t] for t in self.distill if "mappers" in parts]
+            G.requires_grad_(False)  # the encoder, decoder, other tags and parts not in distill_parts stay as loaded
             for module in [*others, *mappers]:
                 module.requires_grad_(True)
-            groups = [{"params": [p for m in others for p in m.parameters()]},
-                      {"params": [p for m in mappers for p in m.parameters()], "lr": config.lr_gen_mappers}]
+            groups = [group for group in ({"params": [p for m in others for p in m.parameters()]},
+                                          {"params": [p for m in mappers for p in m.parameters()],
+                                           "lr": config.lr_gen_mappers}) if group["params"]]
         else:
             groups = [{"params": G.encoder.parameters()}, {"params": G.translators.parameters()},
                       {"params": G.extractors.parameters()}, {"params": G.decoder.parameters()},
@@ -139,9 +142,16 @@ class HiSDTrainer(ArchTrainer):
                         if config.teacher_w or self.distill else None)
 
     def _distill_tag_indices(self) -> list[int]:
-        """Indices of ``distill_tags`` in ``tag_rules``; unknown names, ``teacher_w`` 0 and a D warm-up (no D here)
-        are refused."""
+        """Indices of ``distill_tags`` in ``tag_rules``; unknown names, ``teacher_w`` 0, a D warm-up (no D here) and
+        ``style_align_w`` outside a distillation are refused."""
         c, names = self.config, list(self.config.tag_rules)
+        unknown_parts = sorted(set(c.distill_parts) - set(DISTILL_PARTS))
+        if unknown_parts or not c.distill_parts:
+            raise ValueError(f"HiSDConfig.distill_parts: expected a non-empty subset of {list(DISTILL_PARTS)}, got "
+                             f"{list(c.distill_parts)}")
+        if c.style_align_w and not c.distill_tags:
+            raise ValueError(f"HiSDConfig.style_align_w {c.style_align_w} acts in the edit distillation only; "
+                             "set distill_tags or style_align_w: 0")
         unknown = [t for t in c.distill_tags if t not in names]
         if unknown:
             raise ValueError(f"HiSDConfig.distill_tags: unknown tags {unknown}; tag_rules has {names}")
@@ -264,17 +274,26 @@ class HiSDTrainer(ArchTrainer):
             x_ref = self._reference_batch(sampler, i, j_trg)
         with self.autocast():
             s_trg = G.map(torch.randn(b, self.noise_dim, device=x.device), i, j_trg)
+            s_slf, s_ref = self._batched(lambda x_: G.extract(x_, i), (x,), (x_ref,))
             x_slf, x_trg, x_ref_trg = self._batched(lambda e_, s_: G.decode(G.translate(e_, s_, i)),
-                                                    (e, G.extract(x, i)), (e, s_trg), (e, G.extract(x_ref, i)))
+                                                    (e, s_slf), (e, s_trg), (e, s_ref))
             g_edit = F.l1_loss(x_trg.float(), target_trg) + F.l1_loss(x_ref_trg.float(), target_trg)
             g_rec = F.l1_loss(x_slf.float(), target_slf)
             g_total = c.teacher_w * g_edit + c.rec_w * g_rec
+            losses = {"G/distill_edit": g_edit.detach(), "G/distill_rec": g_rec.detach()}
+            if c.style_align_w:  # a real image's extracted style should be a style the mapper gives its attribute
+                with torch.no_grad():
+                    m_slf, m_ref = (G.map(torch.randn(b, self.noise_dim, device=x.device), i, a).float()
+                                    for a in (j, j_trg))
+                g_align = F.l1_loss(s_slf.float(), m_slf) + F.l1_loss(s_ref.float(), m_ref)
+                g_total = g_total + c.style_align_w * g_align
+                losses["G/distill_align"] = g_align.detach()
         self.optimizers["G"].zero_grad(set_to_none=True)
         g_total.backward()
         nn.utils.clip_grad_norm_(G.parameters(), c.grad_clip, foreach=True)
         self._step(self.optimizers["G"])
         update_average(self.generator_ema, G, c.ema_beta)
-        return {"G/distill_edit": g_edit.detach(), "G/distill_rec": g_rec.detach()}
+        return losses
 
     def train_step(self, step: int, sampler: BatchSampler, update_generator: bool = True) -> dict[str, Tensor]:
         if self.distill:

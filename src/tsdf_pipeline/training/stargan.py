@@ -121,6 +121,10 @@ class StarGANTrainer(ArchTrainer):
                 x_rec = self.generate(x_fake, label_org)
                 g_loss_rec = (x_real.float() - x_rec.float()).abs().mean()
                 g_loss = g_loss_fake + c.lambda_rec * g_loss_rec + c.lambda_cls * g_loss_cls
+                if c.lambda_id:  # identity term (not upstream): the real image's own labels reconstruct it
+                    g_loss_id = (self.generate(x_real, label_org).float() - x_real.float()).abs().mean()
+                    g_loss = g_loss + c.lambda_id * g_loss_id
+                    losses["G/loss_id"] = g_loss_id
             self.optimizers["G"].zero_grad(set_to_none=True)
             g_loss.backward()
             self.optimizers["G"].step()
