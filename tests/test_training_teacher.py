@@ -157,12 +157,13 @@ def test_distill_parts_narrow_what_the_distillation_trains(tmp_path: Path) -> No
     base = dict(tag_rules=GENDER_AGE, distill_tags=["Gender"], teachers=[spec], teacher_w=1.0, num_iters=2,
                 lr_gen_others=1e-2, lr_gen_mappers=1e-2)
     torch.manual_seed(0)
-    init = save_generator("hisd", build_generator("hisd", **HiSDTrainer(
-        tiny_config("hisd", **base), tiny_dataset(), torch.device("cpu")).generator_config()), tmp_path / "init.pt")
+    sizes = HiSDTrainer(tiny_config("hisd", **base), tiny_dataset(), torch.device("cpu")).generator_config()
+    init = save_generator("hisd", build_generator("hisd", **sizes), tmp_path / "init.pt")
     before = torch.load(init, weights_only=True)["gen_test"]
-    for parts, learn in ((["extractor"], {"extractors.model"}), (["translators", "mappers"], {"translators.0", "mappers.0"})):
-        result = train_gan("hisd", tiny_dataset(), tiny_config("hisd", **base, distill_parts=parts), tmp_path / parts[0],
-                           init_checkpoint=init)
+    for parts, learn in ((["extractor"], {"extractors.model"}),
+                         (["translators", "mappers"], {"translators.0", "mappers.0"})):
+        result = train_gan("hisd", tiny_dataset(), tiny_config("hisd", **base, distill_parts=parts),
+                           tmp_path / parts[0], init_checkpoint=init)
         state = read_state(result.state_path)["models"]["G"]
         assert {".".join(k.split(".")[:2]) for k, v in state.items() if not torch.equal(v, before[k])} == learn
     with pytest.raises(ValueError, match=r"distill_parts: expected a non-empty subset of \['extractor', 'translators', "

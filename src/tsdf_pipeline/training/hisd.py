@@ -256,7 +256,7 @@ class HiSDTrainer(ArchTrainer):
 
     def distill_step(self, step: int, sampler: BatchSampler) -> dict[str, Tensor]:
         """One edit-distillation step (``HiSDConfig.distill_tags``): regression onto the anchor's self-translation
-        plus the teachers' edit; no D, no adversarial term."""
+        plus the teachers' edit, and of the extracted styles onto mapped ones (``style_align_w``); no D."""
         c, G = self.config, self.generator
         assert self.anchor is not None and self.teacher is not None and self.generator_ema is not None
         if step == 1:  # the run starts from the loaded generator: that is the anchor
