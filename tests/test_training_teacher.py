@@ -129,6 +129,9 @@ def test_edit_distillation_refuses_unknown_tags_no_edit_weight_a_warmup_and_a_st
                     tiny_dataset(), torch.device("cpu"))
     with pytest.raises(ValueError, match="style_align_w 1.0 acts in the edit distillation only"):
         HiSDTrainer(tiny_config("hisd", **base, style_align_w=1.0), tiny_dataset(), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"style_align_w 1.0 trains the extractor, which distill_parts \['mappers'\]"):
+        HiSDTrainer(tiny_config("hisd", **base, distill_tags=["Gender"], distill_parts=["mappers"], style_align_w=1.0),
+                    tiny_dataset(), torch.device("cpu"))
 
 
 def test_style_alignment_pulls_only_the_extractor_towards_the_detached_mapper(tmp_path: Path) -> None:

@@ -196,10 +196,11 @@ class HiSDConfig(TrainConfig):
     style extractor learn (learning rates ``lr_gen_others`` / ``lr_gen_mappers``; ``distill_parts`` narrows that to
     some of ``extractor``, ``translators``, ``mappers``); the encoder, decoder and other tags stay as loaded. At
     demo size the GAN objective does not learn the teachers' edit (docs/fidelity.md).
-    ``style_align_w`` > 0 (distillation only; not upstream) adds ``style_align_w ·`` the L1 distance of the styles
-    extracted from the real source batch (attribute ``j``) and the reference batch (``j_trg``) to styles the
-    (detached) mapper gives those attributes for fresh noise: the extractor learns to put a real image of an
-    attribute where the latent-guided edit already works, which the reference-guided edit needs.
+    ``style_align_w`` > 0 (a distillation whose ``distill_parts`` include the extractor; not upstream) adds
+    ``style_align_w ·`` the L1 distance of the styles extracted from the real source batch (attribute ``j``) and
+    the reference batch (``j_trg``) to styles the (detached) mapper gives those attributes for fresh noise: the
+    extractor learns to put a real image of an attribute where the latent-guided edit already works, which the
+    reference-guided edit needs.
     """
 
     batch_size: int = 8

@@ -142,8 +142,8 @@ class HiSDTrainer(ArchTrainer):
                         if config.teacher_w or self.distill else None)
 
     def _distill_tag_indices(self) -> list[int]:
-        """Indices of ``distill_tags`` in ``tag_rules``; unknown names, ``teacher_w`` 0, a D warm-up (no D here) and
-        ``style_align_w`` outside a distillation are refused."""
+        """Indices of ``distill_tags`` in ``tag_rules``; unknown names or parts, ``teacher_w`` 0, a D warm-up (no D
+        here) and ``style_align_w`` outside a distillation or with a frozen extractor are refused."""
         c, names = self.config, list(self.config.tag_rules)
         unknown_parts = sorted(set(c.distill_parts) - set(DISTILL_PARTS))
         if unknown_parts or not c.distill_parts:
@@ -152,6 +152,9 @@ class HiSDTrainer(ArchTrainer):
         if c.style_align_w and not c.distill_tags:
             raise ValueError(f"HiSDConfig.style_align_w {c.style_align_w} acts in the edit distillation only; "
                              "set distill_tags or style_align_w: 0")
+        if c.style_align_w and "extractor" not in c.distill_parts:
+            raise ValueError(f"HiSDConfig.style_align_w {c.style_align_w} trains the extractor, which distill_parts "
+                             f"{list(c.distill_parts)} keeps frozen; add 'extractor' or set style_align_w: 0")
         unknown = [t for t in c.distill_tags if t not in names]
         if unknown:
             raise ValueError(f"HiSDConfig.distill_tags: unknown tags {unknown}; tag_rules has {names}")
