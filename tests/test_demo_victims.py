@@ -55,7 +55,7 @@ def test_shipped_demo_victim_edits_change_the_face(name, held_out):
 
 # Mean |G(x, c_org) - x| on the 8 held-out images (HiSD: self-translation with x's own style, all tags), as
 # shipped (values below), with ~25 % headroom: a retrained demo victim that reconstructs worse must update this table knowingly.
-RECONSTRUCTION_BOUND = {"stargan": 0.28, "attentiongan": 0.09, "hisd": 0.28}  # shipped: 0.222, 0.071, 0.231
+RECONSTRUCTION_BOUND = {"stargan": 0.22, "attentiongan": 0.08, "hisd": 0.28}  # shipped: 0.173, 0.065, 0.230
 
 
 @pytest.mark.parametrize("name", list(RECONSTRUCTION_BOUND))
