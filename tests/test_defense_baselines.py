@@ -101,23 +101,43 @@ def test_pgd_batches_do_not_interact():
     torch.testing.assert_close(together, alone)
 
 
-def test_pgd_step_ascends_the_loss_summed_over_victims():
-    """One iteration is the sign step of the joint loss over every victim's targets, although the loop
-    back-propagates one victim at a time."""
+@pytest.mark.parametrize("weighting", ["sum", "balanced"])
+def test_pgd_step_ascends_the_joint_loss_over_victims(weighting):
+    """One iteration is the sign step of the victims' summed input gradients (``balanced``: each divided, per
+    image, by its mean magnitude first), although the loop back-propagates one victim at a time."""
     victims = standins()
     x, attrs = data(2)
-    delta = run_pgd(victims, x, attrs, PGDConfig(iterations=1, seed=3, device="cpu", progress=False))
+    config = PGDConfig(iterations=1, seed=3, device="cpu", progress=False, victim_weighting=weighting)
+    delta = run_pgd(victims, x, attrs, config)
     start = x + 0.05 * (torch.rand(x.shape, generator=make_generator(3, "pgd", 0, device="cpu")) * 2 - 1)
-    x_var = start.clone().requires_grad_(True)
-    loss = 0.0
+    grad = torch.zeros_like(x)
     for v in victims:
+        x_var = start.clone().requires_grad_(True)
         t = v.targets(attrs.float(), "all")
         with torch.no_grad():
             clean = v.edit(x, t)
-        loss = loss + F.mse_loss(v.edit(x_var, t), clean, reduction="none").flatten(1).mean(1).sum()
-    (grad,) = torch.autograd.grad(loss, x_var)
+        loss = F.mse_loss(v.edit(x_var, t), clean, reduction="none").flatten(1).mean(1).sum()
+        (g,) = torch.autograd.grad(loss, x_var)
+        grad += g / g.abs().mean(dim=(1, 2, 3), keepdim=True) if weighting == "balanced" else g
     assert (grad != 0).all()
     torch.testing.assert_close(delta, pgd_update(x, start, grad, 0.01, 0.05) - x)
+
+
+def test_pgd_balanced_weighting_differs_only_with_several_victims():
+    """A sign is blind to a positive scale: one victim gives the upstream step either way; the stand-ins'
+    gradients differ in size, so with both victims the balanced step moves other pixels."""
+    victims = standins()
+    x, attrs = data(3)
+    runs = {w: [run_pgd(vs, x, attrs, PGDConfig(iterations=2, seed=1, device="cpu", progress=False,
+                                                 victim_weighting=w)) for vs in (victims[:1], victims)]
+            for w in ("sum", "balanced")}
+    assert torch.equal(runs["sum"][0], runs["balanced"][0])
+    assert not torch.equal(runs["sum"][1], runs["balanced"][1])
+
+
+def test_pgd_config_rejects_unknown_victim_weighting():
+    with pytest.raises(ValueError, match="victim_weighting: expected 'sum' or 'balanced', got 'mean'"):
+        make_config("pgd", {"victim_weighting": "mean"})
 
 
 def test_pgd_update_by_hand():

@@ -9,6 +9,13 @@ the "joint class-transferable" variant (``perturb_joint_class``) extended to the
 ascends the sum of the per-target MSEs over all victims' targets. Unlike the upstream function, which compares
 every target's edit with a single ``y``, each target is compared with its own clean edit.
 
+The ensemble extension is ours (upstream attacks one model), and so is how it weighs the victims
+(``victim_weighting``): ``"sum"`` steps along the sign of the plain sum of the victims' input gradients, which
+the victim with the largest gradient dominates (on the demo victims StarGAN's is about 20x AttGAN's);
+``"balanced"`` (default) first divides each victim's gradient, per image, by its mean absolute value, so every
+victim counts equally in the sign. With a single victim both are the upstream step (a sign is blind to a
+positive scale).
+
 Images are processed ``batch_size`` at a time; every loss term is a mean over the batch, so each image's
 gradient sign, hence its update, is the same as when attacked alone (the victims normalise per instance or
 with fixed running statistics, so images do not interact).
@@ -17,6 +24,7 @@ with fixed running statistics, so images do not interact).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +53,12 @@ class PGDConfig(AttackSettings):
     step_size: float = 0.01
     random_start: bool = True
     batch_size: int = 16
+    victim_weighting: Literal["sum", "balanced"] = "balanced"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.victim_weighting not in ("sum", "balanced"):
+            raise ValueError(f"PGDConfig.victim_weighting: expected 'sum' or 'balanced', got {self.victim_weighting!r}")
 
 
 def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon: float) -> Tensor:
@@ -54,16 +68,20 @@ def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon
 
 
 def joint_gradient(victims: list[PreparedVictim], targets: list, clean: list[Tensor], x: Tensor, *,
-                   amp: bool) -> Tensor:
-    """``∂/∂x`` of ``Σ_victims Σ_targets MSE(G(x, t), clean)`` (each MSE a mean per image, summed over the
-    batch), ``[N,3,H,W]`` fp32. One backward per victim: the same gradient as one backward of the sum, with one
-    victim's graph alive at a time (all targets of the four official victims at 256 px do not fit together)."""
+                   amp: bool, victim_weighting: str) -> Tensor:
+    """``Σ_victims g_v`` with ``g_v = ∂/∂x Σ_targets MSE(G_v(x, t), clean)`` (each MSE a mean per image, summed
+    over the batch), ``[N,3,H,W]`` fp32; ``victim_weighting="balanced"`` divides each ``g_v`` per image by its
+    mean ``|g_v|`` first. One backward per victim: the same as one backward of the sum, with one victim's graph
+    alive at a time (all targets of the four official victims at 256 px do not fit together)."""
     x_var = x.detach().requires_grad_(True)
     grad = torch.zeros_like(x_var)
     for v, t, y in zip(victims, targets, clean, strict=True):
         with autocast(x.device, amp):
             loss = F.mse_loss(v.edit(x_var, t).float(), y, reduction="none").flatten(1).mean(1).sum()
-        grad += torch.autograd.grad(loss, x_var)[0]
+        g = torch.autograd.grad(loss, x_var)[0]
+        if victim_weighting == "balanced":  # per image, so images in a batch still do not interact
+            g = g / g.abs().flatten(1).mean(1).clamp_min(torch.finfo(g.dtype).tiny).view(-1, 1, 1, 1)
+        grad += g
     return grad
 
 
@@ -86,7 +104,8 @@ def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: 
                 gen = make_generator(config.seed, "pgd", b, device=device)
                 x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
             for _ in range(config.iterations):
-                grad = joint_gradient(prepared, targets, clean, x_cur, amp=config.amp)
+                grad = joint_gradient(prepared, targets, clean, x_cur, amp=config.amp,
+                                      victim_weighting=config.victim_weighting)
                 x_cur = pgd_update(x, x_cur, grad, config.step_size, config.epsilon)
             out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
     return out
