@@ -10,12 +10,15 @@ from torch import Tensor, nn
 
 from tsdf_pipeline.metrics.disruption import edit_mask, l2_mask, mse
 from tsdf_pipeline.metrics.evaluate_interruption import (
+    PerceptualModels,
     aggregate_rows,
     collect_examples,
     evaluate_interruption,
     evaluate_interruption_methods,
 )
+from tsdf_pipeline.metrics.fid import FIDInception, frechet_distance
 from tsdf_pipeline.metrics.image_quality import psnr, quantize_8bit, ssim
+from tsdf_pipeline.metrics.lpips import LPIPS
 from tsdf_pipeline.metrics.purification import apply_purification, protect
 from tsdf_pipeline.models.attgan import AttGANGenerator
 from tsdf_pipeline.models.stargan import StarGANGenerator
@@ -238,3 +241,35 @@ def test_collect_examples_grid_shapes(victims, batch):
     assert torch.allclose(first_published, expected, atol=1e-6)
     assert collect_examples([IdentityVictim()], x, attrs40, _universal(), n=10)["identity"].shape[1] == (
         N * (SIZE + 2) + 2)
+
+
+def test_perceptual_metrics_join_the_rows_when_models_are_given(victims, batch):
+    """LPIPS per sample in every row and the watermark row, pooled like the other sample means; FID per method
+    and victim over every target's edits (0 for a zero perturbation, up for a strong one)."""
+    x, attrs40 = batch[0][:2], batch[1][:2]  # the Inception runs at 299 px: few samples
+    torch.manual_seed(3)
+    models = PerceptualModels(lpips=LPIPS(), fid=FIDInception())
+    stargan = victims[:1]
+    perturbations = {"zero": torch.zeros(1, 3, SIZE, SIZE), "strong": _universal(eps=0.5)}
+    rows = evaluate_interruption_methods(stargan, x, attrs40, perturbations, batch_size=2, perceptual=models)
+    published = quantize_8bit((x + perturbations["strong"]).clamp(-1, 1))
+    t = stargan[0].targets(attrs40)
+    with torch.no_grad():
+        clean, adv = stargan[0].edit(x, t), stargan[0].edit(published, t)
+        for i, name in enumerate(t.names):
+            (row,) = [r for r in _rows_of(rows) if r["method"] == "strong" and r["target"] == name]
+            assert row["lpips_out"] == pytest.approx(float(models.lpips(adv[i], clean[i]).mean()), rel=1e-5)
+        expected_fid = frechet_distance(models.fid(clean.flatten(0, 1)), models.fid(adv.flatten(0, 1)))
+        wm_lpips = float(models.lpips(x, published).mean())
+    fid_rows = {r["method"]: r for r in _rows_of(rows, "fid")}
+    assert fid_rows["strong"]["fid_out"] == pytest.approx(expected_fid, rel=1e-6) and expected_fid > 0
+    assert fid_rows["zero"]["fid_out"] == pytest.approx(0.0, abs=1e-6)
+    assert fid_rows["strong"]["n_samples"] == 2 * len(t) and fid_rows["strong"]["target"] == "all"
+    wm = {r["method"]: r for r in _rows_of(rows, "watermark")}
+    assert wm["zero"]["watermark_lpips"] == 0 and wm["strong"]["watermark_lpips"] == pytest.approx(wm_lpips, rel=1e-5)
+    strong = [r for r in _rows_of(rows) if r["method"] == "strong"]
+    (pooled,) = aggregate_rows(strong)
+    assert pooled["lpips_out"] == pytest.approx(sum(r["lpips_out"] * r["n_samples"] for r in strong)
+                                                / sum(r["n_samples"] for r in strong))
+    assert "lpips_out" not in aggregate_rows(_rows_of(evaluate_interruption(
+        stargan, x, attrs40, perturbations["strong"], method="m", batch_size=2)))[0]

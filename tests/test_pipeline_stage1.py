@@ -50,6 +50,7 @@ def test_interruption_and_evaluation_end_to_end(tmp_path, monkeypatch):
     assert (table[table["kind"] == "watermark"]["watermark_linf"] <= 0.05 + 2 / 255).all()
     summary = next((project / "data/08_reporting/interruption_summary.md").glob("*/*.md")).read_text()
     assert "| tsdf | stargan |" in summary
+    assert "LPIPS: unavailable (no weights configured" in summary and "fid" not in set(table["kind"])
     figures = list((project / "data/08_reporting/interruption_figures").glob("*/*/*.png"))
     assert any(f.name == "examples_tsdf_hisd.png" for f in figures) and any(f.name == "bars_attgan.png" for f in figures)
 

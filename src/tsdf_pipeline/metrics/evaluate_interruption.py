@@ -5,31 +5,51 @@ For every batch of clean images ``x`` ``[B,3,H,W]`` in [-1,1] the published imag
 Each victim edits the clean ``x`` once for all its targets (``G(x)``, shared by every method and purification)
 and each purified ``p`` once for all targets (``G(p)``); the metrics of ``tsdf_pipeline.metrics.disruption`` and
 ``image_quality`` compare ``G(p)`` with ``G(x)`` per sample and are aggregated into rows (plain dicts).
+LPIPS and FID need the user's backbone weights (:class:`PerceptualModels`) and are computed only when given.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tsdf_pipeline.metrics.disruption import edit_mask, l1, l2_mask, mse, ruiz_success, success_rate_mask
+from tsdf_pipeline.metrics.fid import FIDInception, frechet_distance
 from tsdf_pipeline.metrics.grids import amplified_difference, image_rows
 from tsdf_pipeline.metrics.image_quality import denorm, ms_ssim, psnr, ssim
+from tsdf_pipeline.metrics.lpips import LPIPS
 from tsdf_pipeline.metrics.purification import apply_purification, check_purifications, protect
 from tsdf_pipeline.models.victims import RECON, EditTargets, Victim
 
 KIND_INTERRUPTION = "interruption"
 KIND_WATERMARK = "watermark"
+KIND_FID = "fid"
 # Row fields averaged over samples (weight n_samples) and over valid samples (weight n_valid).
 _SAMPLE_MEANS = ("mse", "l1", "psnr_out", "ssim_out_w3", "ssim_out_w7")
+_OPTIONAL_SAMPLE_MEANS = ("lpips_out",)  # present when LPIPS weights are given
 _VALID_MEANS = ("l2_mask",)
 _COUNTS = ("n_samples", "n_valid", "n_empty_mask", "n_success", "n_ruiz_success")
 _RATES = ("sr_mask", "sr_mask_all", "ruiz_sr")
-_METRIC_FIELDS = frozenset(_SAMPLE_MEANS + _VALID_MEANS + _COUNTS + _RATES)
+_METRIC_FIELDS = frozenset(_SAMPLE_MEANS + _OPTIONAL_SAMPLE_MEANS + _VALID_MEANS + _COUNTS + _RATES)
+
+
+@dataclass(frozen=True)
+class PerceptualModels:
+    """The learnt metrics the user has weights for (``None``: not computed), already on the evaluation device.
+
+    ``lpips`` adds ``lpips_out`` (``G(p)`` vs ``G(x)``, per sample) to the interruption rows and
+    ``watermark_lpips`` (``p`` vs ``x``) to the watermark rows; ``fid`` adds one ``kind="fid"`` row per method
+    and victim: FID between all clean edits and all edits of the unpurified published images, every target
+    pooled (a distance between sets, so no per-target or per-purification value at evaluation sizes).
+    """
+
+    lpips: LPIPS | None = None
+    fid: FIDInception | None = None
 
 
 def check_inputs(
@@ -61,7 +81,7 @@ def perturbation_slice(perturbation: Tensor, start: int, stop: int) -> Tensor:
     return perturbation if perturbation.shape[0] == 1 else perturbation[start:stop]
 
 
-def _per_sample(x: Tensor, clean: Tensor, adv: Tensor) -> dict[str, Tensor]:
+def _per_sample(x: Tensor, clean: Tensor, adv: Tensor, lpips: LPIPS | None) -> dict[str, Tensor]:
     """Per-(target, image) values ``[T,B]`` (on CPU) of ``adv`` vs ``clean`` edits ``[T,B,3,H,W]``.
 
     Computed one target at a time so that the float64 SSIM buffers stay at ``B`` images.
@@ -78,6 +98,8 @@ def _per_sample(x: Tensor, clean: Tensor, adv: Tensor) -> dict[str, Tensor]:
             "ssim_out_w3": ssim(a, c, 3, "per_image"),
             "ssim_out_w7": ssim(a, c, 7, 1.0),
         }
+        if lpips is not None:
+            values["lpips_out"] = lpips(a, c)
         for k, v in values.items():
             per_target.setdefault(k, []).append(v.detach().cpu())
     return {k: torch.stack(v) for k, v in per_target.items()}
@@ -106,18 +128,22 @@ def _interruption_metrics(values: dict[str, Tensor]) -> dict[str, Any]:
         "psnr_out": _mean(values["psnr_out"]),
         "ssim_out_w3": _mean(values["ssim_out_w3"]),
         "ssim_out_w7": _mean(values["ssim_out_w7"]),
+        **{k: _mean(values[k]) for k in _OPTIONAL_SAMPLE_MEANS if k in values},
     }
 
 
-def _watermark_values(x: Tensor, published: Tensor) -> dict[str, Tensor]:
+def _watermark_values(x: Tensor, published: Tensor, lpips: LPIPS | None) -> dict[str, Tensor]:
     """Per-image imperceptibility of ``published`` against ``x`` (both ``[B,3,H,W]`` in [-1,1])."""
-    return {
+    values = {
         "watermark_psnr": psnr(x, published).cpu(),
         "watermark_ssim_w3": ssim(x, published, 3, "per_image").cpu(),
         "watermark_ssim_w7": ssim(x, published, 7, 1.0).cpu(),
         "watermark_ms_ssim": ms_ssim(x, published).cpu(),
         "watermark_linf": (published - x).abs().flatten(1).amax(dim=1).cpu(),
     }
+    if lpips is not None:
+        values["watermark_lpips"] = lpips(x, published).cpu()
+    return values
 
 
 def _check_victims(victims: Sequence[Victim]) -> None:
@@ -140,11 +166,13 @@ def evaluate_interruption(
     purifications: Sequence[str] = ("none",),
     target_mode: str = "all",
     device: torch.device | str | None = None,
+    perceptual: PerceptualModels | None = None,
 ) -> list[dict[str, Any]]:
     """Interruption rows of one protection ``method`` against ``victims``: :func:`evaluate_interruption_methods`
     with ``{method: perturbation}`` (arguments and rows as there)."""
     return evaluate_interruption_methods(victims, images, attrs40, {method: perturbation}, batch_size=batch_size,
-                                         purifications=purifications, target_mode=target_mode, device=device)
+                                         purifications=purifications, target_mode=target_mode, device=device,
+                                         perceptual=perceptual)
 
 
 def evaluate_interruption_methods(
@@ -157,6 +185,7 @@ def evaluate_interruption_methods(
     purifications: Sequence[str] = ("none",),
     target_mode: str = "all",
     device: torch.device | str | None = None,
+    perceptual: PerceptualModels | None = None,
 ) -> list[dict[str, Any]]:
     """Interruption rows of several protections against ``victims``, the clean edits computed once for all.
 
@@ -170,6 +199,7 @@ def evaluate_interruption_methods(
         purifications: keys of ``PURIFICATIONS`` applied to the published image before editing.
         target_mode: ``"all"`` (every official target + reconstruction) or ``"train"``.
         device: where the victims run and the metrics are computed; ``None`` = ``images.device``.
+        perceptual: LPIPS / FID models (see :class:`PerceptualModels`); ``None``: neither is computed.
 
     Returns:
         Per method (in the mapping's order), rows with ``kind="interruption"``, one per (victim, target,
@@ -188,6 +218,9 @@ def evaluate_interruption_methods(
         ``purification="none"``) with the means over images of ``watermark_psnr``, ``watermark_ssim_w3``,
         ``watermark_ssim_w7``, ``watermark_ms_ssim`` of ``p`` against ``x`` (same conventions; MS-SSIM with
         fewer scales below 161 px) and ``watermark_linf``, the largest ``|p - x|`` over all images ([-1,1] units).
+        With LPIPS: ``lpips_out`` in every interruption row and ``watermark_lpips`` in the watermark row. With
+        FID: after the watermark row, per victim a ``kind="fid"`` row (``target="all"``,
+        ``purification="none"``, ``n_samples``, ``fid_out``).
     """
     if not perturbations:
         raise ValueError("perturbations: expected at least one method name -> perturbation")
@@ -205,6 +238,8 @@ def evaluate_interruption_methods(
     names = {v.name: v.target_names(target_mode) for v in victims}
     samples: dict[tuple[str, str, int, str], dict[str, list[Tensor]]] = {}
     watermark: dict[str, dict[str, list[Tensor]]] = {m: {} for m in perturbations}
+    models = perceptual or PerceptualModels()
+    fid_features: dict[tuple[str | None, str], list[Tensor]] = {}  # (method or None = clean, victim) -> [k,2048]
 
     n = images.shape[0]
     for start in range(0, n, batch_size):
@@ -214,14 +249,19 @@ def evaluate_interruption_methods(
         attacked: dict[tuple[str, str], Tensor] = {}
         for method, perturbation in perturbations.items():
             published = protect(x, perturbation_slice(perturbation, start, stop).to(dev))
-            for key, v in _watermark_values(x, published).items():
+            for key, v in _watermark_values(x, published, models.lpips).items():
                 watermark[method].setdefault(key, []).append(v)
             attacked |= {(method, p): apply_purification(p, published) for p in purifications}
         for victim in victims:
             t = victim.targets(a40, target_mode)
             clean = victim.edit(x, t)  # shared by every method and purification
+            if models.fid is not None:
+                fid_features.setdefault((None, victim.name), []).append(models.fid(clean.flatten(0, 1)).cpu())
             for (method, p), xp in attacked.items():
-                values = _per_sample(x, clean, victim.edit(xp, t))
+                adv = victim.edit(xp, t)
+                values = _per_sample(x, clean, adv, models.lpips)
+                if models.fid is not None and p == "none":
+                    fid_features.setdefault((method, victim.name), []).append(models.fid(adv.flatten(0, 1)).cpu())
                 for i in range(len(t)):
                     acc = samples.setdefault((method, victim.name, i, p), {})
                     for key, v in values.items():
@@ -244,6 +284,12 @@ def evaluate_interruption_methods(
             **{k: _mean(v) for k, v in wm.items() if k != "watermark_linf"},
             "watermark_linf": float(wm["watermark_linf"].max()),
         })
+        if models.fid is not None:
+            for victim in victims:
+                clean_f, adv_f = (torch.cat(fid_features[(m, victim.name)]) for m in (None, method))
+                rows.append({"kind": KIND_FID, "method": method, "victim": victim.name, "arch": victim.arch,
+                             "target": "all", "purification": "none", "n_samples": adv_f.shape[0],
+                             "fid_out": frechet_distance(clean_f, adv_f)})
     return rows
 
 
@@ -262,9 +308,9 @@ def aggregate_rows(
     Pooling is over samples, not a mean of means: counts are summed; ``sr_mask = sum n_success /
     sum n_valid``, ``sr_mask_all = sum n_success / sum n_samples``, ``ruiz_sr = sum n_ruiz_success /
     sum n_samples``; ``l2_mask`` is the mean weighted by ``n_valid`` and ``mse, l1, psnr_out, ssim_out_w3,
-    ssim_out_w7`` are means weighted by ``n_samples``. A sample here is one (image, target) pair. Other fields
+    ssim_out_w7`` (and ``lpips_out`` when every row has it) are means weighted by ``n_samples``. A sample here is one (image, target) pair. Other fields
     keep their value when the whole group shares it and become ``"all"`` otherwise (e.g. ``target``).
-    ``n_rows`` counts the pooled rows. Rows of another kind (watermark) are ignored. Groups appear in the
+    ``n_rows`` counts the pooled rows. Rows of another kind (watermark, fid) are ignored. Groups appear in the
     order of their first row.
     """
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -293,7 +339,7 @@ def aggregate_rows(
         merged["ruiz_sr"] = counts["n_ruiz_success"] / samples if samples else math.nan
         for field in _VALID_MEANS:
             merged[field] = _weighted_mean(group, field, "n_valid")
-        for field in _SAMPLE_MEANS:
+        for field in _SAMPLE_MEANS + tuple(f for f in _OPTIONAL_SAMPLE_MEANS if all(f in r for r in group)):
             merged[field] = _weighted_mean(group, field, "n_samples")
         out.append(merged)
     return out

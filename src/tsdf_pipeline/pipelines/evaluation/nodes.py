@@ -16,6 +16,7 @@ from tsdf_pipeline.metrics.evaluate_interruption import (
     evaluate_interruption_methods,
 )
 from tsdf_pipeline.models.ensemble import load_ensemble
+from tsdf_pipeline.pipelines.evaluation.perceptual import load_perceptual
 from tsdf_pipeline.pipelines.mlflow_utils import as_mlflow_metrics
 from tsdf_pipeline.pipelines.reporting import bar_chart, image_figure, markdown_table
 
@@ -55,11 +56,12 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
         raise KeyError(f"evaluation.methods names {unknown} but the interruption stage produced only "
                        f"{sorted(perturbations)}")
     chosen = {method: perturbation_for(perturbations[method], ids, method) for method in methods}
+    perceptual, perceptual_lines = load_perceptual(params.get("perceptual"), device)
     with torch.no_grad():
         all_rows = evaluate_interruption_methods(
             victims, images, attrs, chosen, batch_size=int(params["batch_size"]),
             purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
-            device=device)
+            device=device, perceptual=perceptual)
     rows: list[dict[str, Any]] = []
     figures: dict[str, Figure] = {}
     n_examples = int(params.get("examples", 4))
@@ -76,28 +78,38 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
     pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
     for victim in pooled["victim"].unique():
         figures[f"bars_{victim}.png"] = bar_chart(pooled, victim)
-    return table, _summary(table), _mlflow_metrics(table), figures
+    return table, _summary(table, perceptual_lines), _mlflow_metrics(table), figures
 
 
-def _summary(table: pd.DataFrame) -> str:
+def _present(table: pd.DataFrame, fields: tuple[str, ...], optional: tuple[str, ...]) -> tuple[str, ...]:
+    """``fields`` plus those of ``optional`` the table has (LPIPS columns exist only when it was computed)."""
+    return fields + tuple(f for f in optional if f in table.columns)
+
+
+def _summary(table: pd.DataFrame, perceptual_lines: list[str]) -> str:
     pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
     clean = pooled[pooled["purification"] == "none"]
     robust = pooled.pivot_table(index=["method", "victim"], columns="purification", values="sr_mask").reset_index()
     robust.columns = [str(c) for c in robust.columns]
     wm = table[table["kind"] == "watermark"]
+    fid = table[table["kind"] == "fid"]
     parts = [
         "# Interruption: every method against every victim (all edit targets pooled)", "",
         "SR_mask / L2_mask as CMUA (mask from |G(x) - x| summed over channels > 0.5; success if L2_mask > 0.05);"
         " ruiz_sr = unmasked MSE > 0.05; output PSNR/SSIM between G(x+w) and G(x) (lower = stronger);"
-        " ssim_out_w3 = TSDF's 3x3 window, ssim_out_w7 = the standard 7x7 window.", "",
-        markdown_table(clean, SUMMARY_COLUMNS), "",
+        " ssim_out_w3 = TSDF's 3x3 window, ssim_out_w7 = the standard 7x7 window"
+        + ("; lpips_out = LPIPS between G(x+w) and G(x) (higher = stronger)." if "lpips_out" in table else "."), "",
+        markdown_table(clean, _present(table, SUMMARY_COLUMNS, ("lpips_out",))), "",
         "## Imperceptibility of the published (clamped, 8-bit) protected image", "",
-        markdown_table(wm, ("method", *WATERMARK_FIELDS)), "",
+        markdown_table(wm, ("method", *_present(table, WATERMARK_FIELDS, ("watermark_lpips",)))), "",
         "## Robustness: SR_mask after the attacker purifies the protected image", "",
         markdown_table(robust, list(robust.columns)), "",
-        "LPIPS and FID: unavailable (they need backbone weights, which cannot be downloaded here; none are "
-        "configured), so they are not reported.", "",
     ]
+    if not fid.empty:
+        parts += ["## FID between the clean edits and the edits of the protected images (higher = stronger)", "",
+                  "Every target pooled, no purification; a distance between sets, unreliable below a few thousand "
+                  "samples.", "", markdown_table(fid, ("method", "victim", "fid_out", "n_samples")), ""]
+    parts += [*perceptual_lines, ""]
     return "\n".join(parts)
 
 
@@ -106,9 +118,11 @@ def _mlflow_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     pooled = table[(table["kind"] == "interruption") & (table["target"] == "all")]
     for row in pooled.itertuples(index=False):
         suffix = "" if row.purification == "none" else f".{row.purification}"
-        for field in MLFLOW_FIELDS:
+        for field in _present(table, MLFLOW_FIELDS, ("lpips_out",)):
             metrics[f"{row.method}.{row.victim}{suffix}.{field}"] = getattr(row, field)
     for row in table[table["kind"] == "watermark"].itertuples(index=False):
-        for field in WATERMARK_FIELDS:
+        for field in _present(table, WATERMARK_FIELDS, ("watermark_lpips",)):
             metrics[f"{row.method}.{field}"] = getattr(row, field)
+    for row in table[table["kind"] == "fid"].itertuples(index=False):
+        metrics[f"{row.method}.{row.victim}.fid_out"] = row.fid_out
     return as_mlflow_metrics(metrics)
