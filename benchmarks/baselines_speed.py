@@ -8,7 +8,8 @@ Usage (torch alone, no kedro)::
 Victims as in ``stage1_speed.py`` (random weights; ``paper``: the four official sizes at 256 px). Every edit
 target (``targets: all``, as ``conf/celeba``): CMUA one batch of ``--cmua-batch`` images (paper: 64, half an
 epoch of its 128 images), PGD one batch of ``--pgd-batch`` images with 10 iterations, and the evaluation of four
-universal perturbations (the four methods) on ``--eval-batch`` images under the four purifications. Each is timed
+universal perturbations (the four methods) on ``--eval-batch`` images under the four purifications (``--perceptual``:
+with LPIPS and FID on random-init backbones, as with the user's weight files). Each is timed
 twice (the first call pays cuDNN's autotuning); reported: seconds, seconds per image, peak memory, and the
 extrapolation to the paper's sizes (CMUA 128 images, PGD and evaluation 1,000 images).
 """
@@ -26,7 +27,9 @@ from stage1_speed import build_victims
 from tsdf_pipeline.defense.cmua import CMUAConfig, run_cmua
 from tsdf_pipeline.defense.pgd import PGDConfig, run_pgd
 from tsdf_pipeline.devices import resolve_device
-from tsdf_pipeline.metrics.evaluate_interruption import evaluate_interruption_methods
+from tsdf_pipeline.metrics.evaluate_interruption import PerceptualModels, evaluate_interruption_methods
+from tsdf_pipeline.metrics.fid import FIDInception
+from tsdf_pipeline.metrics.lpips import LPIPS
 
 PURIFICATIONS = ("none", "jpeg90", "jpeg75", "blur1")
 
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=None, help="default: 16 (paper) / 8 (demo)")
     parser.add_argument("--only", nargs="+", choices=["cmua", "pgd", "evaluation"],
                         default=["cmua", "pgd", "evaluation"])
+    parser.add_argument("--perceptual", action="store_true", help="the evaluation computes LPIPS and FID too")
     args = parser.parse_args()
     paper = args.config == "paper"
     sizes = {"cmua": args.cmua_batch or (64 if paper else 8), "pgd": args.pgd_batch or (16 if paper else 4),
@@ -72,6 +76,7 @@ def main() -> None:
                                PGDConfig(batch_size=sizes["pgd"], **settings)),
     }
     methods = {f"method{k}": (torch.rand(1, 3, size, size, generator=gen) * 2 - 1) * 0.05 for k in range(4)}
+    perceptual = PerceptualModels(LPIPS().to(device), FIDInception().to(device)) if args.perceptual else None
 
     def evaluation() -> object:
         for v in victims:
@@ -79,10 +84,12 @@ def main() -> None:
         with torch.no_grad():
             return evaluate_interruption_methods(
                 victims, images[:sizes["evaluation"]], attrs[:sizes["evaluation"]], methods,
-                batch_size=sizes["evaluation"], purifications=PURIFICATIONS, target_mode="all", device=device)
+                batch_size=sizes["evaluation"], purifications=PURIFICATIONS, target_mode="all", device=device,
+                perceptual=perceptual)
 
     runs["evaluation"] = evaluation
-    print(f"device={device} config={args.config} size={size} targets=all batches={sizes}")
+    print(f"device={device} config={args.config} size={size} targets=all batches={sizes} "
+          f"perceptual={args.perceptual}")
     for name in args.only:
         first, _ = timed(runs[name], device)
         seconds, peak = timed(runs[name], device)
