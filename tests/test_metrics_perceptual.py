@@ -35,7 +35,8 @@ def fixture() -> dict:
 @pytest.fixture(scope="module")
 def alexnet_file(tmp_path_factory) -> Path:
     """The fixture's synthetic trunk as a torchvision AlexNet file, with a (small) classifier entry to ignore."""
-    shapes = {f"features.{k}": v.shape for k, v in torchvision.models.alexnet(weights=None).features.state_dict().items()}
+    features = torchvision.models.alexnet(weights=None).features
+    shapes = {f"features.{k}": v.shape for k, v in features.state_dict().items()}
     state = _maker().synthetic(shapes, int(fixture()["meta"]["seed"]))
     assert _maker().digest(state) == fixture()["meta"]["alexnet_digest"], "torch's RNG differs from the fixture's"
     path = tmp_path_factory.mktemp("lpips") / "alexnet-owt-7be5be79.pth"

@@ -308,8 +308,9 @@ def aggregate_rows(
     Pooling is over samples, not a mean of means: counts are summed; ``sr_mask = sum n_success /
     sum n_valid``, ``sr_mask_all = sum n_success / sum n_samples``, ``ruiz_sr = sum n_ruiz_success /
     sum n_samples``; ``l2_mask`` is the mean weighted by ``n_valid`` and ``mse, l1, psnr_out, ssim_out_w3,
-    ssim_out_w7`` (and ``lpips_out`` when every row has it) are means weighted by ``n_samples``. A sample here is one (image, target) pair. Other fields
-    keep their value when the whole group shares it and become ``"all"`` otherwise (e.g. ``target``).
+    ssim_out_w7`` (and ``lpips_out`` when every row has it) are means weighted by ``n_samples``. A sample here
+    is one (image, target) pair. Other fields keep their value when the whole group shares it and become
+    ``"all"`` otherwise (e.g. ``target``).
     ``n_rows`` counts the pooled rows. Rows of another kind (watermark, fid) are ignored. Groups appear in the
     order of their first row.
     """
