@@ -11,6 +11,7 @@ from kedro.config import OmegaConfigLoader
 from tests.kedro_project import PROJECT
 from tsdf_pipeline import settings
 from tsdf_pipeline.defense import make_config as method_config
+from tsdf_pipeline.pipelines.attacker_retraining.nodes import attacker_overrides
 from tsdf_pipeline.pipelines.poisoning.nodes import poisoning_config
 from tsdf_pipeline.training import make_config as training_config
 from tsdf_pipeline.training.recipes import recipe_config
@@ -61,3 +62,13 @@ def test_paper_scale_data_and_victims_are_the_papers(paper_params: dict[str, Any
     victims = paper_params["model_loading"]["victims"]
     assert set(paper_params["model_loading"]["ensemble"]) == {"stargan", "attentiongan", "attgan", "hisd"}
     assert all(spec["config"] is None for spec in victims.values())  # None: the official architecture sizes
+
+
+def test_paper_scale_attacker_recipe_builds_for_its_victim(paper_params: dict[str, Any]) -> None:
+    """The demo's overrides (StarGAN keys such as ``g_lr``) must not reach HiSD's config at paper scale."""
+    params = paper_params["attacker_retraining"]
+    assert params["victim"] == "hisd"
+    recipe = recipe_config("hisd", paper_params["victim_training"], **attacker_overrides("hisd", params))
+    assert (recipe.batch_size, recipe.discriminator_warmup_iters, recipe.num_iters) == (8, 10000, 20000)
+    upstream = training_config("hisd")
+    assert (recipe.lr_gen_others, recipe.lr_dis) == (upstream.lr_gen_others, upstream.lr_dis)
