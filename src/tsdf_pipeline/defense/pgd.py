@@ -58,7 +58,8 @@ class PGDConfig(AttackSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.victim_weighting not in ("sum", "balanced"):
-            raise ValueError(f"PGDConfig.victim_weighting: expected 'sum' or 'balanced', got {self.victim_weighting!r}")
+            raise ValueError(f"PGDConfig.victim_weighting: expected 'sum' or 'balanced', "
+                             f"got {self.victim_weighting!r}")
 
 
 def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon: float) -> Tensor:

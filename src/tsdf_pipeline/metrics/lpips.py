@@ -60,11 +60,12 @@ class LPIPS(nn.Module):
         taps = self._taps(torch.cat([a, b]).float())
         return sum(lin((f[:n] - f[n:]) ** 2).mean(dim=(1, 2, 3)) for lin, f in zip(self.lins, taps, strict=True))
 
+
 def load_lpips(backbone: str | Path, linear: str | Path) -> LPIPS:
     """LPIPS with the trunk from ``backbone`` (torchvision AlexNet state dict) and the linear layers from
     ``linear`` (the ``lpips`` package's ``v0.1/alex.pth``), both loaded with ``weights_only=True``.
 
-    Raises ``ValueError`` naming the file and the key that is missing or has the wrong shape.
+    Raises ``CheckpointError`` naming the file and the keys that are missing, unexpected or mis-shaped.
     """
     model = LPIPS()
     trunk = {f"features.{k}": v for k, v in model.features.state_dict().items()}
