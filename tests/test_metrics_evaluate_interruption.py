@@ -273,3 +273,10 @@ def test_perceptual_metrics_join_the_rows_when_models_are_given(victims, batch):
                                                 / sum(r["n_samples"] for r in strong))
     assert "lpips_out" not in aggregate_rows(_rows_of(evaluate_interruption(
         stargan, x, attrs40, perturbations["strong"], method="m", batch_size=2)))[0]
+
+
+def test_fid_refuses_a_single_edit_per_victim_before_any_work(victims, batch):
+    x, attrs40 = batch
+    with pytest.raises(ValueError, match=r"FID needs at least 2 edits per victim .*\['stargan', 'attgan'\]"):
+        evaluate_interruption_methods(victims, x[:1], attrs40[:1], {"m": _universal()}, batch_size=1,
+                                      target_mode="train", perceptual=PerceptualModels(fid=FIDInception()))

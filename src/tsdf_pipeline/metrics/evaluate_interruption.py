@@ -240,8 +240,12 @@ def evaluate_interruption_methods(
     watermark: dict[str, dict[str, list[Tensor]]] = {m: {} for m in perturbations}
     models = perceptual or PerceptualModels()
     fid_features: dict[tuple[str | None, str], list[Tensor]] = {}  # (method or None = clean, victim) -> [k,2048]
-
     n = images.shape[0]
+    too_few = [v for v, t in names.items() if n * len(t) < 2]
+    if models.fid is not None and too_few:
+        raise ValueError(f"FID needs at least 2 edits per victim (images x targets); {too_few} would have "
+                         f"{n} image(s) x 1 target: evaluate more images or drop the FID weights")
+
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         x = images[start:stop].to(dev)
