@@ -206,3 +206,33 @@ def test_every_optimisation_loop_runs_under_cudnn_autotuning(monkeypatch: pytest
     config = make_config(method, {"batch_size": 2, "device": "cpu", "progress": False, **settings})
     make_perturbation(method, standins(), x, attrs, config)
     assert entered == [torch.device("cpu")]
+
+
+def test_pgd_per_target_attacks_each_victims_target_alone():
+    """Ruiz's ``perturb``: one δ per image, victim and target, the sign step of that target's MSE only."""
+    victims = standins()
+    x, attrs = data(2)
+    config = PGDConfig(iterations=1, seed=5, device="cpu", progress=False, mode="per_target")
+    out = run_pgd(victims, x, attrs, config)
+    assert sorted(out) == ["a", "b"] and out["a"].shape == (2, 2, 3, SIZE, SIZE)
+    for v in victims:
+        t = v.targets(attrs.float(), "all")
+        for i, name in enumerate(t.names):
+            gen = make_generator(5, "pgd", v.name, name, 0, device="cpu")
+            start = x + 0.05 * (torch.rand(x.shape, generator=gen) * 2 - 1)
+            x_var = start.clone().requires_grad_(True)
+            with torch.no_grad():
+                clean = v.edit(x, t)[i]
+            loss = F.mse_loss(v.edit(x_var, t)[i], clean, reduction="none").flatten(1).mean(1).sum()
+            (grad,) = torch.autograd.grad(loss, x_var)
+            torch.testing.assert_close(out[v.name][i], pgd_update(x, start, grad, 0.01, 0.05) - x)
+    assert not torch.equal(out["a"][0], out["a"][1])  # each target its own perturbation
+
+
+def test_pgd_per_target_through_the_method_registry_and_config_errors():
+    x, attrs = data(2)
+    p = make_perturbation("pgd", standins(), x, attrs, {"iterations": 1, "device": "cpu", "progress": False,
+                                                        "mode": "per_target", "targets": "train"})
+    assert p.kind == "per_target" and {k: tuple(w.shape[:2]) for k, w in p.w.items()} == {"a": (1, 2), "b": (1, 2)}
+    with pytest.raises(ValueError, match="PGDConfig.mode: expected 'joint' or 'per_target', got 'each'"):
+        make_config("pgd", {"mode": "each"})

@@ -280,3 +280,45 @@ def test_fid_refuses_a_single_edit_per_victim_before_any_work(victims, batch):
     with pytest.raises(ValueError, match=r"FID needs at least 2 edits per victim .*\['stargan', 'attgan'\]"):
         evaluate_interruption_methods(victims, x[:1], attrs40[:1], {"m": _universal()}, batch_size=1,
                                       target_mode="train", perceptual=PerceptualModels(fid=FIDInception()))
+
+
+def test_per_target_perturbations_edit_each_target_with_its_own_image(victims, batch):
+    """Row (victim, target i) of a per-target perturbation equals the per-image evaluation of ``w[victim][i]``
+    against that victim's target i; the watermark row covers every (victim, target, image) published image."""
+    x, attrs40 = batch
+    rng = torch.Generator().manual_seed(4)
+    w = {v.name: (torch.rand(len(v.target_names("all")), N, 3, SIZE, SIZE, generator=rng) * 2 - 1) * 0.3
+         for v in victims}
+    rows = evaluate_interruption_methods(victims, x, attrs40, {"pt": w}, batch_size=2,
+                                         purifications=("none", "blur1"))
+    for victim in victims:
+        for i, name in enumerate(victim.target_names("all")[:3]):
+            alone = evaluate_interruption([victim], x, attrs40, w[victim.name][i], method="pt", batch_size=2,
+                                          purifications=("none", "blur1"))
+            for p in ("none", "blur1"):
+                (got,) = [r for r in _rows_of(rows) if (r["victim"], r["target"], r["purification"]) ==
+                          (victim.name, name, p)]
+                (want,) = [r for r in _rows_of(alone) if (r["target"], r["purification"]) == (name, p)]
+                assert got["n_success"] == want["n_success"] and got["n_valid"] == want["n_valid"]
+                for key in ("mse", "l1", "psnr_out", "ssim_out_w7"):
+                    assert got[key] == pytest.approx(want[key], rel=1e-5), (victim.name, name, p, key)
+    (wm,) = _rows_of(rows, "watermark")
+    assert wm["n_samples"] == N * 20  # 6 StarGAN + 14 AttGAN targets per image
+    published = torch.cat([quantize_8bit((x + w_t).clamp(-1, 1)) for v in victims for w_t in w[v.name]])
+    assert wm["watermark_linf"] == pytest.approx(float((published - x.repeat(20, 1, 1, 1)).abs().max()))
+    grids = collect_examples(victims, x, attrs40, w, 2)
+    assert grids["stargan"].shape[-1] == 5 * (SIZE + 2) + 2
+
+
+def test_per_target_perturbations_must_match_the_victims_and_targets(victims, batch):
+    x, attrs40 = batch
+    w = {"stargan": torch.zeros(6, N, 3, SIZE, SIZE), "attgan": torch.zeros(13, N, 3, SIZE, SIZE)}
+    with pytest.raises(ValueError, match=r"m: 13 per-target perturbations for attgan, which the evaluation edits "
+                                         r"with 14 targets"):
+        evaluate_interruption_methods(victims, x, attrs40, {"m": w}, batch_size=2)
+    with pytest.raises(ValueError, match=r"per-target perturbations for victims \['stargan'\], but the evaluation "
+                                         r"runs \['attgan', 'stargan'\]"):
+        evaluate_interruption_methods(victims, x, attrs40, {"m": {"stargan": w["stargan"]}}, batch_size=2)
+    with pytest.raises(ValueError, match=r"perturbation\['stargan'\]: expected \[T,5,3,32,32\]"):
+        evaluate_interruption_methods(victims, x, attrs40, {"m": {"stargan": torch.zeros(6, 3, SIZE, SIZE)}},
+                                      batch_size=2)

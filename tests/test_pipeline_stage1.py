@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 import torch
 
 from tests.celeba_factory import make_celeba
@@ -114,3 +115,33 @@ def test_cmua_factor_search_is_skipped_when_off_or_cmua_is_not_run(caplog):
     assert trials.empty and metrics == {} and "not in interruption.methods" in caplog.text
     params |= {"methods": ["cmua"], "cmua_search": {"trials": 0}}
     assert search_cmua_factors([], {}, params)[0]["searched"] is False
+
+
+def test_per_target_pgd_is_stored_evaluated_and_checked_against_the_evaluation_targets(tmp_path, monkeypatch):
+    """``interruption.pgd.mode: per_target`` (Ruiz's per-class attack) through both stages; its targets must be
+    the evaluation's."""
+    root, _ = make_celeba(tmp_path / "celeba", n=10)
+    paths = save_tiny_checkpoints(tmp_path / "models")
+    params = {
+        "data_ingestion": {"root": str(root), "image_size": SIZE, "optimisation": {"split": "train", "count": 2},
+                           "evaluation": {"split": "test", "count": 2}, "training": {"split": "train", "start": 0}},
+        "model_loading": model_loading_params(root / "img_align_celeba" / "000001.jpg", ensemble=["stargan"]),
+        "interruption": {"methods": ["pgd"], "checkpoint_dir": str(tmp_path / "ckpt"),
+                         "pgd": {"iterations": 1, "targets": "all", "mode": "per_target", **FAST}},
+        "evaluation": {"methods": None, "batch_size": 2, "target_mode": "all", "purifications": ["none"],
+                       "examples": 1, "device": "cpu"},
+    }
+    project = make_project(tmp_path, params, catalog_overrides(paths))
+    run_project(project, monkeypatch, to_nodes=["evaluate_interruption"])
+    entry = torch.load(next((project / "data/07_model_output/perturbations.pt").glob("*/*.pt")),
+                       weights_only=True)["pgd"]
+    assert entry["kind"] == "per_target" and entry["w"]["stargan"].shape == (6, 2, 3, SIZE, SIZE)
+    assert entry["targets"]["stargan"][0] == "recon" and len(entry["image_ids"]) == 2
+    table = pd.read_csv(next((project / "data/08_reporting/interruption_metrics.csv").glob("*/*.csv")))
+    assert len(table[(table["kind"] == "interruption") & (table["target"] != "all")]) == 6
+    assert int(table[table["kind"] == "watermark"]["n_samples"].iloc[0]) == 2 * 6
+
+    with pytest.raises(ValueError, match=r"pgd: per-target perturbations for stargan were made for the targets "
+                                         r"\[.recon., .*\], the evaluation \(target_mode 'train'\) edits with"):
+        run_project(project, monkeypatch, to_nodes=["evaluate_interruption"],
+                    runtime_params={"evaluation": {"target_mode": "train"}})

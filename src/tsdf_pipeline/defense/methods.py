@@ -21,10 +21,12 @@ from tsdf_pipeline.defense.victim_ops import VictimLike
 @dataclass
 class Perturbation:
     """``kind="universal"``: ``w`` ``[1,3,H,W]``, added to every image; ``"per_image"``: ``w`` ``[N,3,H,W]``,
-    row i for image i. In [-1,1] pixel units, ``‖w‖∞ ≤ ε``; ``history``: per-step metrics (iterative methods)."""
+    row i for image i; ``"per_target"``: ``w`` ``{victim name: [T,N,3,H,W]}``, one per image and edit target
+    (PGD's ``mode: per_target``). In [-1,1] pixel units, ``‖w‖∞ ≤ ε``; ``history``: per-step metrics (iterative
+    methods)."""
 
-    kind: Literal["universal", "per_image"]
-    w: Tensor
+    kind: Literal["universal", "per_image", "per_target"]
+    w: Tensor | dict[str, Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -50,7 +52,8 @@ def _cmua(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: An
 
 def _pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: Any, *,
          checkpoint_path: str | Path | None, callback: Callback | None) -> Perturbation:
-    return Perturbation("per_image", run_pgd(victims, images, attrs40, config))
+    w = run_pgd(victims, images, attrs40, config)
+    return Perturbation("per_image" if isinstance(w, Tensor) else "per_target", w)
 
 
 def _noise(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: Any, *,

@@ -16,6 +16,9 @@ the victim with the largest gradient dominates (on the demo victims StarGAN's is
 victim counts equally in the sign. With a single victim both are the upstream step (a sign is blind to a
 positive scale).
 
+``mode="per_target"`` is Ruiz's ``perturb`` itself: one δ per image, victim and target, each ascending that
+target's MSE alone (a white-box attack per model and class: an upper bound, not one image a user can publish).
+
 Images are processed ``batch_size`` at a time; every loss term is a mean over the batch, so each image's
 gradient sign, hence its update, is the same as when attacked alone (the victims normalise per instance or
 with fixed running statistics, so images do not interact).
@@ -42,6 +45,7 @@ from tsdf_pipeline.defense.victim_ops import (
     prepare_victims,
 )
 from tsdf_pipeline.devices import resolve_device
+from tsdf_pipeline.models.victims import EditTargets
 
 
 @dataclass
@@ -54,12 +58,15 @@ class PGDConfig(AttackSettings):
     random_start: bool = True
     batch_size: int = 16
     victim_weighting: Literal["sum", "balanced"] = "balanced"
+    mode: Literal["joint", "per_target"] = "joint"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.victim_weighting not in ("sum", "balanced"):
             raise ValueError(f"PGDConfig.victim_weighting: expected 'sum' or 'balanced', "
                              f"got {self.victim_weighting!r}")
+        if self.mode not in ("joint", "per_target"):
+            raise ValueError(f"PGDConfig.mode: expected 'joint' or 'per_target', got {self.mode!r}")
 
 
 def pgd_update(x_nat: Tensor, x: Tensor, grad: Tensor, step_size: float, epsilon: float) -> Tensor:
@@ -86,27 +93,47 @@ def joint_gradient(victims: list[PreparedVictim], targets: list, clean: list[Ten
     return grad
 
 
-def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: PGDConfig) -> Tensor:
-    """Per-image perturbations ``[N,3,H,W]`` (CPU fp32, ``‖δ_i‖∞ ≤ ε``, ``x_i + δ_i`` in [-1,1]), one per image."""
+def _ascend(victims: list[PreparedVictim], targets: list, clean: list[Tensor], x: Tensor, *, config: PGDConfig,
+            gen: torch.Generator) -> Tensor:
+    """``δ`` ``[B,3,H,W]`` (CPU fp32) after ``config.iterations`` PGD steps on the joint loss of ``targets``."""
+    x_cur = x
+    if config.random_start:
+        x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=x.device) * 2.0 - 1.0)
+    for _ in range(config.iterations):
+        grad = joint_gradient(victims, targets, clean, x_cur, amp=config.amp, victim_weighting=config.victim_weighting)
+        x_cur = pgd_update(x, x_cur, grad, config.step_size, config.epsilon)
+    return (x_cur - x).float().cpu()
+
+
+def run_pgd(victims: list[VictimLike], images: Tensor, attrs40: Tensor, config: PGDConfig
+            ) -> Tensor | dict[str, Tensor]:
+    """Per-image perturbations (CPU fp32, ``‖δ‖∞ ≤ ε``, ``x + δ`` in [-1,1]) for ``images`` ``[N,3,H,W]``.
+
+    ``mode="joint"``: ``[N,3,H,W]``, one per image. ``mode="per_target"``: ``{victim.name: [T,N,3,H,W]}``, one
+    per image and each of the victim's ``config.targets`` (in ``victim.targets`` order).
+    """
     check_inputs("pgd", victims, images, attrs40)
     device = resolve_device(config.device)
     prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
-    out = torch.empty(images.shape, dtype=torch.float32)
+    joint = torch.empty(images.shape, dtype=torch.float32)
+    per_target: dict[str, Tensor] = {}
     starts = range(0, images.shape[0], config.batch_size)
     with cudnn_autotune(device):  # as stage 1: methods are compared under the same settings
         for b, start in enumerate(tqdm(starts, desc="pgd", disable=not config.progress)):
             x = images[start:start + config.batch_size].to(device=device, dtype=torch.float32)
             attrs = attrs40[start:start + config.batch_size].to(device=device, dtype=torch.float32)
+            rows = slice(start, start + x.shape[0])
             targets = [v.targets(attrs, config.targets) for v in prepared]
             with torch.no_grad(), autocast(device, config.amp):
                 clean = [v.edit(x, t).float() for v, t in zip(prepared, targets)]
-            x_cur = x
-            if config.random_start:
+            if config.mode == "joint":
                 gen = make_generator(config.seed, "pgd", b, device=device)
-                x_cur = x + config.epsilon * (torch.rand(x.shape, generator=gen, device=device) * 2.0 - 1.0)
-            for _ in range(config.iterations):
-                grad = joint_gradient(prepared, targets, clean, x_cur, amp=config.amp,
-                                      victim_weighting=config.victim_weighting)
-                x_cur = pgd_update(x, x_cur, grad, config.step_size, config.epsilon)
-            out[start:start + x.shape[0]] = (x_cur - x).float().cpu()
-    return out
+                joint[rows] = _ascend(prepared, targets, clean, x, config=config, gen=gen)
+                continue
+            for v, t, y in zip(prepared, targets, clean, strict=True):
+                out = per_target.setdefault(v.name, torch.empty(len(t.names), *images.shape))
+                for i, name in enumerate(t.names):
+                    gen = make_generator(config.seed, "pgd", v.name, name, b, device=device)
+                    single = EditTargets([name], t.cond[i:i + 1])
+                    out[i, rows] = _ascend([v], [single], [y[i:i + 1]], x, config=config, gen=gen)
+    return joint if config.mode == "joint" else per_target

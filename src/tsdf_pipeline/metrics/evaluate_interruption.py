@@ -4,7 +4,8 @@ For every batch of clean images ``x`` ``[B,3,H,W]`` in [-1,1] the published imag
 ``p = quantize_8bit(clamp(x + w, -1, 1))`` (decision 9), optionally purified by the attacker (JPEG, blur).
 Each victim edits the clean ``x`` once for all its targets (``G(x)``, shared by every method and purification)
 and each purified ``p`` once for all targets (``G(p)``); the metrics of ``tsdf_pipeline.metrics.disruption`` and
-``image_quality`` compare ``G(p)`` with ``G(x)`` per sample and are aggregated into rows (plain dicts).
+``image_quality`` compare ``G(p)`` with ``G(x)`` per sample and are aggregated into rows (plain dicts). A per-target
+perturbation (Ruiz's per-class PGD) publishes one image per target instead, each edited with its own target.
 LPIPS and FID need the user's backbone weights (:class:`PerceptualModels`) and are computed only when given.
 """
 
@@ -53,9 +54,12 @@ class PerceptualModels:
 
 
 def check_inputs(
-    images: Tensor, attrs40: Tensor | None, perturbation: Tensor | None, batch_size: int
+    images: Tensor, attrs40: Tensor | None, perturbation: Tensor | Mapping[str, Tensor] | None, batch_size: int
 ) -> None:
-    """Validate evaluation inputs (``None`` skips a check); errors name the argument and expected shape."""
+    """Validate evaluation inputs (``None`` skips a check); errors name the argument and expected shape.
+
+    ``perturbation``: universal ``[1,3,H,W]``, per image ``[N,3,H,W]`` or per target ``{victim: [T,N,3,H,W]}``.
+    """
     if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise ValueError(
             f"images: expected a non-empty [N,3,H,W] tensor in [-1,1], got {tuple(images.shape)}"
@@ -65,7 +69,12 @@ def check_inputs(
         raise ValueError(
             f"attrs40: expected [{n},40] CelebA labels for the {n} images, got {tuple(attrs40.shape)}"
         )
-    if perturbation is not None and (
+    if isinstance(perturbation, Mapping):
+        for name, w_v in perturbation.items():
+            if w_v.dim() != 5 or w_v.shape[1] != n or w_v.shape[2:] != (3, h, w):
+                raise ValueError(f"perturbation[{name!r}]: expected [T,{n},3,{h},{w}] (one per edit target and "
+                                 f"image), got {tuple(w_v.shape)}")
+    elif perturbation is not None and (
         perturbation.dim() != 4 or perturbation.shape[0] not in (1, n) or perturbation.shape[1:] != (3, h, w)
     ):
         raise ValueError(
@@ -76,9 +85,38 @@ def check_inputs(
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
 
 
-def perturbation_slice(perturbation: Tensor, start: int, stop: int) -> Tensor:
-    """Rows of ``perturbation`` for images ``start:stop``: itself if universal ``[1,...]``, else a slice."""
+def perturbation_slice(perturbation: Tensor | Mapping[str, Tensor], start: int, stop: int
+                       ) -> Tensor | dict[str, Tensor]:
+    """Rows of ``perturbation`` for images ``start:stop``: itself if universal ``[1,...]``, else a slice (per
+    target: of every victim's ``[T,N,...]``)."""
+    if isinstance(perturbation, Mapping):
+        return {name: w_v[:, start:stop] for name, w_v in perturbation.items()}
     return perturbation if perturbation.shape[0] == 1 else perturbation[start:stop]
+
+
+def _check_per_target(label: str, perturbation: Mapping[str, Tensor], names: Mapping[str, list[str]]) -> None:
+    """A per-target perturbation must cover exactly the victims and, for each, its ``names`` targets."""
+    if set(perturbation) != set(names):
+        raise ValueError(f"{label}: per-target perturbations for victims {sorted(perturbation)}, but the evaluation "
+                         f"runs {sorted(names)}")
+    for victim, targets in names.items():
+        if perturbation[victim].shape[0] != len(targets):
+            raise ValueError(f"{label}: {perturbation[victim].shape[0]} per-target perturbations for {victim}, "
+                             f"which the evaluation edits with {len(targets)} targets {targets}: make them for "
+                             f"the targets of the evaluation's target_mode")
+
+
+def _published(x: Tensor, perturbation: Tensor | Mapping[str, Tensor], victim: str | None) -> Tensor:
+    """``protect(x, w)``: ``[B,3,H,W]``; per target (``victim`` given): ``[T,B,3,H,W]``, one per target."""
+    if isinstance(perturbation, Mapping):
+        return torch.stack([protect(x, w_t) for w_t in perturbation[victim]])
+    return protect(x, perturbation)
+
+
+def _edit_each(victim: Victim, xs: Tensor, t: EditTargets) -> Tensor:
+    """``[T,B,3,H,W]``: target i's edit of its own input ``xs[i]``."""
+    return torch.stack([victim.edit(xs[i], EditTargets([name], t.cond[i:i + 1]))[0]
+                        for i, name in enumerate(t.names)])
 
 
 def _per_sample(x: Tensor, clean: Tensor, adv: Tensor, lpips: LPIPS | None) -> dict[str, Tensor]:
@@ -194,7 +232,8 @@ def evaluate_interruption_methods(
             target_mode)`` in one forward per batch.
         images: ``[N,3,H,W]`` in [-1,1], the clean images (8-bit values, as loaded from files).
         attrs40: ``[N,40]`` CelebA labels in {0,1}.
-        perturbations: method name -> ``[1,3,H,W]`` (universal) or ``[N,3,H,W]`` (per image) in [-1,1] units.
+        perturbations: method name -> ``[1,3,H,W]`` (universal), ``[N,3,H,W]`` (per image) or ``{victim name:
+            [T,N,3,H,W]}`` (per target: target i of that victim edits its own protected image) in [-1,1] units.
         batch_size: images per forward pass.
         purifications: keys of ``PURIFICATIONS`` applied to the published image before editing.
         target_mode: ``"all"`` (every official target + reconstruction) or ``"train"``.
@@ -215,7 +254,8 @@ def evaluate_interruption_methods(
         - ``ssim_out_w7``: standard 7x7 window, data range 1 on [0,1] (i.e. 2 on [-1,1]).
 
         Then the method's ``kind="watermark"`` row (``victim``, ``arch``, ``target`` None;
-        ``purification="none"``) with the means over images of ``watermark_psnr``, ``watermark_ssim_w3``,
+        ``purification="none"``) with the means over published images (per target: every victim's and target's
+        of each photo) of ``watermark_psnr``, ``watermark_ssim_w3``,
         ``watermark_ssim_w7``, ``watermark_ms_ssim`` of ``p`` against ``x`` (same conventions; MS-SSIM with
         fewer scales below 161 px) and ``watermark_linf``, the largest ``|p - x|`` over all images ([-1,1] units).
         With LPIPS: ``lpips_out`` in every interruption row and ``watermark_lpips`` in the watermark row. With
@@ -236,6 +276,9 @@ def evaluate_interruption_methods(
     check_purifications(purifications)
     dev = torch.device(device) if device is not None else images.device
     names = {v.name: v.target_names(target_mode) for v in victims}
+    for method, perturbation in perturbations.items():
+        if isinstance(perturbation, Mapping):
+            _check_per_target(method, perturbation, names)
     samples: dict[tuple[str, str, int, str], dict[str, list[Tensor]]] = {}
     watermark: dict[str, dict[str, list[Tensor]]] = {m: {} for m in perturbations}
     models = perceptual or PerceptualModels()
@@ -250,9 +293,14 @@ def evaluate_interruption_methods(
         stop = min(start + batch_size, n)
         x = images[start:stop].to(dev)
         a40 = attrs40[start:stop].to(dev)
-        attacked: dict[tuple[str, str], Tensor] = {}
-        for method, perturbation in perturbations.items():
-            published = protect(x, perturbation_slice(perturbation, start, stop).to(dev))
+        batch = {m: {k: w.to(dev) for k, w in perturbation_slice(w_m, start, stop).items()}
+                 if isinstance(w_m, Mapping) else perturbation_slice(w_m, start, stop).to(dev)
+                 for m, w_m in perturbations.items()}
+        attacked: dict[tuple[str, str], Tensor] = {}  # (method, purification) -> [B,3,H,W], one image per photo
+        for method, w_m in batch.items():
+            if isinstance(w_m, Mapping):
+                continue  # per target: published per victim below
+            published = _published(x, w_m, None)
             for key, v in _watermark_values(x, published, models.lpips).items():
                 watermark[method].setdefault(key, []).append(v)
             attacked |= {(method, p): apply_purification(p, published) for p in purifications}
@@ -261,8 +309,17 @@ def evaluate_interruption_methods(
             clean = victim.edit(x, t)  # shared by every method and purification
             if models.fid is not None:
                 fid_features.setdefault((None, victim.name), []).append(models.fid(clean.flatten(0, 1)).cpu())
-            for (method, p), xp in attacked.items():
-                adv = victim.edit(xp, t)
+            for method, p in ((m, p) for m in batch for p in purifications):
+                if (method, p) in attacked:
+                    adv = victim.edit(attacked[(method, p)], t)
+                else:
+                    published = _published(x, batch[method], victim.name)  # [T,B,3,H,W]
+                    if p == purifications[0]:
+                        for key, v in _watermark_values(x.repeat(len(t), 1, 1, 1), published.flatten(0, 1),
+                                                        models.lpips).items():
+                            watermark[method].setdefault(key, []).append(v)
+                    purified = apply_purification(p, published.flatten(0, 1)).unflatten(0, published.shape[:2])
+                    adv = _edit_each(victim, purified, t)
                 values = _per_sample(x, clean, adv, models.lpips)
                 if models.fid is not None and p == "none":
                     fid_features.setdefault((method, victim.name), []).append(models.fid(adv.flatten(0, 1)).cpu())
@@ -284,7 +341,7 @@ def evaluate_interruption_methods(
         wm = {k: torch.cat(v) for k, v in watermark[method].items()}
         rows.append({
             "kind": KIND_WATERMARK, "method": method, "victim": None, "arch": None, "target": None,
-            "purification": "none", "n_samples": n,
+            "purification": "none", "n_samples": wm["watermark_psnr"].numel(),
             **{k: _mean(v) for k, v in wm.items() if k != "watermark_linf"},
             "watermark_linf": float(wm["watermark_linf"].max()),
         })
@@ -361,7 +418,7 @@ def collect_examples(
     victims: Sequence[Victim],
     images: Tensor,
     attrs40: Tensor,
-    perturbation: Tensor,
+    perturbation: Tensor | Mapping[str, Tensor],
     n: int = 4,
     *,
     target_mode: str = "all",
@@ -382,12 +439,15 @@ def collect_examples(
     n = min(n, images.shape[0])
     dev = torch.device(device) if device is not None else images.device
     x = images[:n].to(dev)
-    published = protect(x, perturbation_slice(perturbation, 0, n).to(dev))
+    if isinstance(perturbation, Mapping):
+        _check_per_target("perturbation", perturbation, {v.name: v.target_names(target_mode) for v in victims})
+    w = perturbation_slice(perturbation, 0, n)
     grids: dict[str, Tensor] = {}
     for victim in victims:
         all_targets = victim.targets(attrs40[:n].to(dev), target_mode)
         i = example_target(victim, target_mode)
         t = EditTargets([all_targets.names[i]], all_targets.cond[i : i + 1])
+        published = protect(x, (w[victim.name][i] if isinstance(w, Mapping) else w).to(dev))
         clean = victim.edit(x, t)[0]
         adv = victim.edit(published, t)[0]
         grids[victim.name] = image_rows(

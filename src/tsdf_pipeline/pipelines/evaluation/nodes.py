@@ -14,6 +14,7 @@ from tsdf_pipeline.metrics.evaluate_interruption import (
     aggregate_rows,
     collect_examples,
     evaluate_interruption_methods,
+    perturbation_slice,
 )
 from tsdf_pipeline.models.ensemble import load_ensemble
 from tsdf_pipeline.pipelines.evaluation.perceptual import load_perceptual
@@ -29,14 +30,28 @@ WATERMARK_FIELDS = ("watermark_psnr", "watermark_ssim_w3", "watermark_ssim_w7", 
                     "watermark_linf")
 
 
-def perturbation_for(entry: dict[str, Any], image_ids: list[str], method: str) -> torch.Tensor:
-    """The tensor to add to the evaluation images: universal ``[1,3,H,W]`` or per image, checked to align."""
+def perturbation_for(entry: dict[str, Any], image_ids: list[str], method: str
+                     ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What to add to the evaluation images: universal ``[1,3,H,W]``, per image ``[N,3,H,W]`` or per target
+    ``{victim: [T,N,3,H,W]}``, the last two checked to be for these images."""
     if entry["kind"] == "universal":
         return entry["w"]
     if list(entry["image_ids"]) != list(image_ids):
-        raise ValueError(f"{method}: per-image perturbations were made for other images than the evaluation set "
-                         f"({len(entry['image_ids'])} vs {len(image_ids)} ids); re-run the interruption stage")
+        raise ValueError(f"{method}: {entry['kind'].replace('_', '-')} perturbations were made for other images "
+                         f"than the evaluation set ({len(entry['image_ids'])} vs {len(image_ids)} ids); re-run the "
+                         "interruption stage")
     return entry["w"]
+
+
+def _check_targets(entry: dict[str, Any], victims: list[Any], target_mode: str, method: str) -> None:
+    """Per-target perturbations must be for the very targets the evaluation edits with."""
+    for victim in victims:
+        made, wanted = entry["targets"].get(victim.name), victim.target_names(target_mode)
+        if made != wanted:
+            raise ValueError(f"{method}: per-target perturbations for {victim.name} were made for the targets "
+                             f"{made}, the evaluation (target_mode {target_mode!r}) edits with {wanted}: set "
+                             f"interruption.{method}.targets to evaluation.target_mode and re-run the interruption "
+                             "stage")
 
 
 def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict[str, Any],
@@ -56,12 +71,16 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
         raise KeyError(f"evaluation.methods names {unknown} but the interruption stage produced only "
                        f"{sorted(perturbations)}")
     chosen = {method: perturbation_for(perturbations[method], ids, method) for method in methods}
+    target_mode = params.get("target_mode", "all")
+    for method in methods:
+        if perturbations[method]["kind"] == "per_target":
+            _check_targets(perturbations[method], victims, target_mode, method)
     perceptual, perceptual_lines = load_perceptual(params.get("perceptual"), device)
     with torch.no_grad():
         all_rows = evaluate_interruption_methods(
             victims, images, attrs, chosen, batch_size=int(params["batch_size"]),
-            purifications=tuple(params["purifications"]), target_mode=params.get("target_mode", "all"),
-            device=device, perceptual=perceptual)
+            purifications=tuple(params["purifications"]), target_mode=target_mode, device=device,
+            perceptual=perceptual)
     rows: list[dict[str, Any]] = []
     figures: dict[str, Figure] = {}
     n_examples = int(params.get("examples", 4))
@@ -69,8 +88,8 @@ def evaluate_methods(victim_ensemble: list[dict[str, Any]], evaluation_set: dict
         method_rows = [r for r in all_rows if r["method"] == method]
         rows += method_rows + [{**r, "target": "all"} for r in aggregate_rows(method_rows)]
         for victim, grid in collect_examples(victims, images[:n_examples], attrs[:n_examples],
-                                             w[:n_examples] if w.shape[0] > 1 else w, n_examples,
-                                             device=device).items():
+                                             perturbation_slice(w, 0, n_examples), n_examples,
+                                             target_mode=target_mode, device=device).items():
             figures[f"examples_{method}_{victim}.png"] = image_figure(
                 grid, f"{method} vs {victim}: original | protected | clean edit | protected edit | |diff| x10")
     log.info("evaluated %s on %d images", ", ".join(chosen), images.shape[0])

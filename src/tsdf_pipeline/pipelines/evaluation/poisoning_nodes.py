@@ -33,6 +33,9 @@ def _compared_perturbations(perturbations: dict[str, Any], poisoned: dict[str, A
             out[name] = None
         elif name == W2:
             out[name] = poisoned["w"]
+        elif name in perturbations and perturbations[name]["kind"] == "per_target":
+            raise ValueError(f"evaluation.detection.perturbations: {name!r} holds one perturbation per edit target "
+                             "(pgd mode per_target); the detection evaluation needs one protected image per photo")
         elif name in perturbations:
             out[name] = perturbation_for(perturbations[name], ids, name)
         else:

@@ -86,7 +86,9 @@ def run_methods(victim_ensemble: list[dict[str, Any]], optimisation_set: dict[st
     """Run each method of ``params.methods``; returns perturbations, the step history and MLflow metrics.
 
     CMUA runs with ``cmua_factors["factors"]`` (the search's best, or ``params.cmua.factors``).
-    ``perturbations[method] = {"kind": "universal"|"per_image", "w": Tensor, "image_ids": [...] (per image)}``.
+    ``perturbations[method] = {"kind": "universal"|"per_image"|"per_target", "w": Tensor (per target:
+    {victim: [T,N,3,H,W]}), "image_ids": [...] (per image and per target), "targets": {victim: [names]} (per
+    target)}``.
     """
     victims = load_ensemble(victim_ensemble)
     perturbations: dict[str, Any] = {}
@@ -97,7 +99,7 @@ def run_methods(victim_ensemble: list[dict[str, Any]], optimisation_set: dict[st
         if method == "cmua":
             method_params["factors"] = dict(cmua_factors["factors"])
         config = make_config(method, method_params)
-        per_image = method in PER_IMAGE_METHODS or getattr(config, "per_image", False)
+        per_image = method in PER_IMAGE_METHODS or getattr(config, "per_image", False)  # or per target
         data = evaluation_set if per_image else optimisation_set
         # Same job = same settings (except the ones a resumed run may change, e.g. more epochs), victims, pixels.
         settings = {k: v for k, v in vars(config).items() if k not in RUNTIME_FIELDS}
@@ -107,15 +109,20 @@ def run_methods(victim_ensemble: list[dict[str, Any]], optimisation_set: dict[st
         result = make_perturbation(method, victims, data["images"], data["attrs"], config,
                                    checkpoint_path=checkpoint)
         seconds = time.perf_counter() - start
-        log.info("%s: %s perturbation %s in %.1f s", method, result.kind, list(result.w.shape), seconds)
-        perturbations[method] = {"kind": result.kind, "w": result.w.detach().cpu(),
-                                 "image_ids": list(data["image_ids"]) if result.kind == "per_image" else [],
+        parts = result.w if isinstance(result.w, dict) else {"": result.w}
+        log.info("%s: %s perturbation %s in %.1f s", method, result.kind,
+                 {k: list(w.shape) for k, w in parts.items()}, seconds)
+        perturbations[method] = {"kind": result.kind,
+                                 "w": result.w if isinstance(result.w, dict) else result.w.detach().cpu(),
+                                 "image_ids": list(data["image_ids"]) if result.kind != "universal" else [],
                                  "config": {k: str(v) for k, v in vars(config).items()}}
+        if result.kind == "per_target":
+            perturbations[method]["targets"] = {v.name: v.target_names(config.targets) for v in victims}
         for record in result.history:
             history_rows.append({"method": method, **record})
             for key, value in record.items():
                 if key not in ("step", "epoch", "batch"):
                     metrics.setdefault(f"{method}.{key}", []).append({"value": float(value), "step": int(record["step"])})
         metrics[f"{method}.seconds"] = [{"value": seconds, "step": 0}]
-        metrics[f"{method}.linf"] = [{"value": float(result.w.abs().max()), "step": 0}]
+        metrics[f"{method}.linf"] = [{"value": max(float(w.abs().max()) for w in parts.values()), "step": 0}]
     return perturbations, pd.DataFrame(history_rows), metrics
