@@ -280,6 +280,9 @@ def test_fid_refuses_a_single_edit_per_victim_before_any_work(victims, batch):
     with pytest.raises(ValueError, match=r"FID needs at least 2 edits per victim .*\['stargan', 'attgan'\]"):
         evaluate_interruption_methods(victims, x[:1], attrs40[:1], {"m": _universal()}, batch_size=1,
                                       target_mode="train", perceptual=PerceptualModels(fid=FIDInception()))
+    with pytest.raises(ValueError, match=r"purifications \('jpeg75',\) lack 'none'"):
+        evaluate_interruption_methods(victims, x, attrs40, {"m": _universal()}, batch_size=2,
+                                      purifications=("jpeg75",), perceptual=PerceptualModels(fid=FIDInception()))
 
 
 def test_per_target_perturbations_edit_each_target_with_its_own_image(victims, batch):

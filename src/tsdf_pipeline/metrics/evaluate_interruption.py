@@ -288,6 +288,9 @@ def evaluate_interruption_methods(
     if models.fid is not None and too_few:
         raise ValueError(f"FID needs at least 2 edits per victim (images x targets); {too_few} would have "
                          f"{n} image(s) x 1 target: evaluate more images or drop the FID weights")
+    if models.fid is not None and "none" not in purifications:
+        raise ValueError(f"FID compares the edits of the unpurified protected images: purifications {purifications} "
+                         "lack 'none'")
 
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)

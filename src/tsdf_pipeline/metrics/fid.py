@@ -101,7 +101,7 @@ def load_fid_inception(path: str | Path) -> FIDInception:
     """The FID Inception with pytorch-fid's weights file ``path`` (read with ``weights_only=True``; exact keys
     and shapes, ``*.num_batches_tracked`` optional). Raises ``CheckpointError`` naming the file and keys."""
     model = FIDInception()
-    own = {f"{k}": v.shape for k, v in model.net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    own = {k: v.shape for k, v in model.net.state_dict().items() if not k.endswith("num_batches_tracked")}
     state = load_tensors(path, own, ignore_suffixes=("num_batches_tracked",))
     model.net.load_state_dict(state, strict=False)
     return model
