@@ -159,12 +159,12 @@ def first_epoch_breakdown(device: torch.device):
         return wrapper
 
     for (owner, name, label), (_, _, fn) in zip(patched, originals, strict=True):
-        setattr(owner, name, staticmethod(timed(fn, label)) if name == "_load" else timed(fn, label))
+        setattr(owner, name, timed(fn, label))
     try:
         yield spent
     finally:
         for owner, name, fn in originals:
-            setattr(owner, name, staticmethod(fn) if name == "_load" else fn)
+            setattr(owner, name, fn)
 
 
 def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device,

@@ -41,25 +41,58 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
     assert torch.equal(again.w, compiled.w) and again.history == compiled.history
     other_seed = run_interruption(standins(), x, attrs, dataclasses.replace(config, seed=4))  # same artifact
     assert not torch.equal(other_seed.w, compiled.w)
+    # Other weights of the same shapes: the same artifact (nothing is rebuilt), run with these weights.
     other_weights = standins()
     with torch.no_grad():
-        next(other_weights[0].parameters()).add_(1.0)
-    with pytest.raises(AssertionError, match="should have been loaded"):  # new weights: a new artifact
-        run_interruption(other_weights, x, attrs, config)
+        for p in other_weights[0].parameters():
+            p.mul_(1.5)
+    reused = run_interruption(other_weights, x, attrs, config)
+    monkeypatch.undo()
+    other_eager = run_interruption(other_weights, x, attrs, InterruptionConfig(**base))
+    assert not torch.equal(reused.w, compiled.w)
+    assert (other_eager.w == reused.w).float().mean().item() > 0.99
+    assert other_eager.history[-1]["e2e/loss"] == pytest.approx(reused.history[-1]["e2e/loss"], rel=1e-4)
 
 
-def test_artifact_names_cover_key_and_input_signature(tmp_path):
-    fn = AotCompiledFunction(lambda a: a * 2, tmp_path, key={"weights": "abc"})
+def test_artifact_names_cover_key_live_signatures_and_input_signature(tmp_path):
+    fn = AotCompiledFunction(lambda a: a * 2, tmp_path, key={"weights": "abc"}, live={"w": torch.zeros(4)})
     a, spec = [torch.zeros(2, 3)], tree_flatten((torch.zeros(1),))[1]
     path = fn.artifact_path(a, spec)
     assert path.parent == tmp_path and path.suffix == ".bin"
-    assert path == AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abc"}).artifact_path(a, spec)
-    assert path != AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abd"}).artifact_path(a, spec)
+
+    def other(key=None, live=None):
+        return AotCompiledFunction(lambda a: a, tmp_path, key=key or {"weights": "abc"},
+                                   live={"w": torch.zeros(4)} if live is None else live).artifact_path(a, spec)
+
+    assert path == other() == other(live={"w": torch.ones(4)})  # the live tensors' values are inputs
+    assert path != other(key={"weights": "abd"})
+    assert path != other(live={"w": torch.zeros(5)}) and path != other(live={"v": torch.zeros(4)})
+    assert path != other(live={"w": torch.zeros(4, dtype=torch.float64)})
     assert path != fn.artifact_path([torch.zeros(3, 2)], spec)
     assert path != fn.artifact_path([torch.zeros(2, 3, dtype=torch.float64)], spec)
     assert path != fn.artifact_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
 
 
+def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_file(tmp_path, monkeypatch):
+    weight = torch.ones(3)
+
+    def fn(a):
+        return (a * weight + torch.tensor([0.0, 1.0, 2.0]),)  # `weight` is live; the other tensor: saved
+
+    a = torch.full((3,), 2.0)
+    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight})(a)[0],
+                       torch.tensor([2.0, 3.0, 4.0]))
+    assert len(torch.load(next(tmp_path.glob("*.constants.pt")), weights_only=True)) == 1  # the other tensor only
+    weight.mul_(10.0)  # new values in place: the same artifact, loaded by a new process (a new function here)
+
+    def no_compile(*_args, **_kwargs):
+        raise AssertionError("the artifact should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
+    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight})(a)[0],
+                       torch.tensor([20.0, 21.0, 22.0]))
+    with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
+        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")))
 def test_tensor_digest_reads_the_bytes_of_any_dtype():
     t = torch.arange(6, dtype=torch.float32).view(2, 3)
     assert tensor_digest(t) == hashlib.sha256(t.numpy().tobytes()).hexdigest()  # job keys of earlier runs hold
@@ -97,21 +130,22 @@ def test_autocast_and_autograd_inside_the_function_are_compiled_in(tmp_path):
     assert (compiled["y"] - torch.nn.functional.conv2d(a, w)).abs().max() > 1e-3  # bf16, not fp32
 
 
-def test_the_artifact_key_covers_victim_settings_and_non_persistent_buffers():
-    """HiSD keeps its reference image in a non-persistent buffer and its tag in ``describe()``."""
+def test_the_artifact_key_covers_victim_settings_and_the_live_inputs_cover_non_persistent_buffers():
+    """HiSD keeps its reference image in a non-persistent buffer and its tag in ``describe()``: the tag names the
+    artifact, the reference is one of its live inputs (its values are read at each call)."""
     from tsdf_pipeline.defense.interruption import _Stage1
     from tsdf_pipeline.defense.victim_ops import prepare_victims
 
-    def key(victims):
+    def stage(victims):
         prepared = prepare_victims(victims, torch.device("cpu"), channels_last=False, compile=False)
-        return _Stage1(prepared, InterruptionConfig(device="cpu"), torch.device("cpu"), 8, 1)._aot_key()
+        return _Stage1(prepared, InterruptionConfig(device="cpu", aot_cache_dir="unused"), torch.device("cpu"), 8, 1)
 
     victims = standins()
     victims[0].register_buffer("reference", torch.zeros(1, 3, 8, 8), persistent=False)
-    before = key(victims)
-    assert key(victims) == before and key(standins()) != before
-    victims[0].reference.add_(1.0)
-    assert key(victims) != before
-    victims[0].reference.sub_(1.0)
+    before = stage(victims)._aot_key()
+    assert stage(standins())._aot_key() == before  # other weights, same settings
+    live = stage(victims).aot["end_to_end"].live
+    assert live[f"{victims[0].name}.reference"] is victims[0].reference
+    assert all(any(t is p for t in live.values()) for v in victims for p in v.parameters())
     victims[0].arch = "hisd"  # describe() changes
-    assert key(victims) != before
+    assert stage(victims)._aot_key() != before

@@ -4,7 +4,9 @@
 an H100, even with a warm on-disk cache). Here the whole function, autograd included, is traced once into one
 ATen graph (``make_fx``), its tensor constants (the victims' weights) are lifted to inputs, and Inductor compiles
 it into a standalone artifact (``torch._inductor.standalone_compile``: the same Python wrapper and kernels as
-``torch.compile``) that a later run loads without tracing anything. The artifact is the bundled kind (``aot=True``:
+``torch.compile``) that a later run loads without tracing anything. Lifted tensors that are the caller's ``live``
+tensors (the victims' parameters and buffers) are passed to the artifact at each call, not saved with it, so one
+artifact serves any weights of the same shapes. The artifact is the bundled kind (``aot=True``:
 one self-contained function with its kernels), which loaded faster than the cache-entry kind on an H200 (stage 1
 at paper scale: 4.8 s against 6.0–6.3 s, Inductor's import included; benchmarks/README.md). (Not an AOTInductor
 ``.pt2`` package: on CUDA with torch 2.11 loading any such package crashes the process.)
@@ -15,9 +17,9 @@ as soon as an :class:`AotCompiledFunction` is made, so that it overlaps the call
 
 Contract of ``fn`` (as for :class:`~tsdf_pipeline.defense.cuda_graphs.GraphedFunction`): arguments and results
 are (nested tuples / lists / dicts of) tensors; it is pure, without host syncs, data-dependent shapes or random
-draws. Everything else it reads (the victims' weights, the targets' names, the config) is baked into the
-artifact, so ``key`` must name all of it; the file names are a digest of ``key``, the input signature, torch's
-version and the device. An artifact holds compiled code that loading runs: keep ``cache_dir`` as private as
+draws. Everything else it reads besides ``live`` (the targets' names, the config, tensors it builds itself) is
+baked into the artifact, so ``key`` must name all of it; the file names are a digest of ``key``, the names and
+signatures of the ``live`` tensors, the input signature, torch's version and the device. An artifact holds compiled code that loading runs: keep ``cache_dir`` as private as
 the code itself.
 """
 
@@ -33,7 +35,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +52,23 @@ _CUDA_RUNTIME_MODULES = ("triton", "torch._inductor.runtime.triton_heuristics")
 
 
 class AotCompiledFunction:
-    """``AotCompiledFunction(fn, cache_dir, key)(*args)`` equals ``fn(*args)`` up to floating-point rounding.
+    """``AotCompiledFunction(fn, cache_dir, key, live)(*args)`` equals ``fn(*args)`` up to floating-point rounding.
 
+    ``live``: named tensors that ``fn`` reads besides its arguments (a model's parameters and buffers). They are
+    the artifact's inputs, read when it is loaded (keep them in place: update them in place, don't replace them).
     The first call for an input signature loads ``cache_dir/<digest>.bin`` (the compiled artifact) with its
-    ``<digest>.constants.pt`` (the lifted weights) and ``<digest>.json`` (the output structure) if an earlier run
-    wrote them, otherwise traces, compiles and writes them (each atomically, the ``.json`` last).
+    ``<digest>.constants.pt`` (the other tensors ``fn`` reads) and ``<digest>.json`` (the output structure and
+    where each lifted tensor comes from) if an earlier run wrote them, otherwise traces, compiles and writes them
+    (each atomically, the ``.json`` last).
     """
 
-    def __init__(self, fn: Callable[..., Any], cache_dir: str | os.PathLike, key: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], cache_dir: str | os.PathLike, key: Any,
+                 live: Mapping[str, Tensor] | None = None) -> None:
         self.fn = fn
         self.cache_dir = Path(cache_dir)
-        self.key = json.dumps(key, sort_keys=True, default=str)
+        self.live = dict(live or {})
+        signatures = {name: _signature([t])[0] for name, t in self.live.items()}
+        self.key = json.dumps({"key": key, "live": signatures}, sort_keys=True, default=str)
         self.compiled: dict[tuple, tuple[Callable[..., Any], Any]] = {}
         _runtime_import()
 
@@ -93,29 +101,42 @@ class AotCompiledFunction:
         start = time.perf_counter()
         traced = make_fx(flat_fn, tracing_mode="real")(*leaves)  # runs fn once, recording forward and backward ops
         constants = _lift_constants(traced)
+        sources = self._sources(constants)
         traced_at = time.perf_counter()
         artifact = torch._inductor.standalone_compile(traced, [*leaves, *constants],
                                                       dynamic_shapes="from_example_inputs", aot=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: artifact.save(path=str(tmp), format="binary"))
-        _atomic_write(_constants_path(path), lambda tmp: torch.save(constants, tmp))
-        _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(treespec_dumps(out_spec[0])))
-        log.info("AOT artifact %s: traced %d nodes (%d constants lifted) in %.1f s, compiled in %.1f s", path.name,
-                 len(traced.graph.nodes), len(constants), traced_at - start, time.perf_counter() - traced_at)
+        saved = [c for c, source in zip(constants, sources, strict=True) if source is None]
+        _atomic_write(_constants_path(path), lambda tmp: torch.save(saved, tmp))
+        meta = {"outputs": treespec_dumps(out_spec[0]), "constants": sources}
+        _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))
+        log.info("AOT artifact %s: traced %d nodes (%d tensors lifted, %d of them live) in %.1f s, compiled in %.1f s",
+                 path.name, len(traced.graph.nodes), len(constants), len(constants) - len(saved),
+                 traced_at - start, time.perf_counter() - traced_at)
         return self._load(path)
 
-    @staticmethod
-    def _load(path: Path) -> tuple[Callable[..., Any], Any]:
+    def _sources(self, constants: list[Tensor]) -> list[str | None]:
+        """For each lifted tensor, the name of the ``live`` tensor it is (same memory, shape, strides, dtype), or
+        None: a tensor ``fn`` built itself, saved with the artifact."""
+        names = {_identity(t): name for name, t in self.live.items()}
+        return [names.get(_identity(c)) for c in constants]
+
+    def _load(self, path: Path) -> tuple[Callable[..., Any], Any]:
         from torch._inductor.standalone_compile import CompiledArtifact
 
         try:
             artifact = CompiledArtifact.load(path=str(path), format="binary")
-            constants = torch.load(_constants_path(path), weights_only=True)
-            out_spec = treespec_loads(path.with_suffix(".json").read_text())
+            saved = iter(torch.load(_constants_path(path), weights_only=True))
+            meta = json.loads(path.with_suffix(".json").read_text())
+            out_spec = treespec_loads(meta["outputs"])
+            constants = [next(saved) if name is None else self.live[name] for name in meta["constants"]]
+            if next(saved, None) is not None:
+                raise ValueError(f"{_constants_path(path).name} holds more tensors than the .json lists")
         except Exception as err:
             raise RuntimeError(f"{path}: cannot load this compiled artifact, its {_constants_path(path).name} or its "
-                               f"{path.with_suffix('.json').name} ({err}); delete the three files to rebuild them"
-                               ) from err
+                               f"{path.with_suffix('.json').name} ({type(err).__name__}: {err}); delete the three "
+                               "files to rebuild them") from err
         return (lambda *leaves: artifact(*leaves, *constants)), out_spec
 
 
@@ -139,7 +160,7 @@ def _lift_constants(traced: fx.GraphModule) -> list[Tensor]:
     """Turn every tensor the traced graph reads as an attribute into a trailing input, in place; returns them.
 
     A loaded standalone artifact takes all its tensors as inputs (Inductor lifts a graph's attributes only while
-    compiling), so the weights travel beside it in ``<digest>.constants.pt``.
+    compiling): the caller's live tensors at each call, the others from ``<digest>.constants.pt``.
     """
     graph = traced.graph
     last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
@@ -159,6 +180,10 @@ def _lift_constants(traced: fx.GraphModule) -> list[Tensor]:
     graph.lint()
     traced.recompile()
     return constants
+
+
+def _identity(t: Tensor) -> tuple[Any, ...]:
+    return t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype
 
 
 def _signature(leaves: list[Tensor]) -> tuple[tuple[tuple[int, ...], str, tuple[int, ...]], ...]:

@@ -57,7 +57,7 @@ from tsdf_pipeline.defense.input_diversity import (
     sample_diversity,
 )
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
-from tsdf_pipeline.defense.state import config_fingerprint, make_generator, tensor_digest
+from tsdf_pipeline.defense.state import config_fingerprint, make_generator
 from tsdf_pipeline.defense.victim_ops import (
     AttackSettings,
     PreparedVictim,
@@ -175,23 +175,23 @@ class _Stage1:
         self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
             key = self._aot_key()
-            self.aot = {"feature": AotCompiledFunction(self._feature_tensor_step, config.aot_cache_dir,
-                                                       {**key, "step": "feature"}),
-                        "end_to_end": AotCompiledFunction(self._end_to_end_tensor_step, config.aot_cache_dir,
-                                                          {**key, "step": "end_to_end"})}
+            live = {f"{v.name}.{name}": t for v in victims
+                    for name, t in [*v.victim.named_parameters(), *v.victim.named_buffers()]}
+            self.aot = {step: AotCompiledFunction(fn, config.aot_cache_dir, {**key, "step": step}, live)
+                        for step, fn in (("feature", self._feature_tensor_step),
+                                         ("end_to_end", self._end_to_end_tensor_step))}
         # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
         self.tensor_step: Callable[..., Any] | None = None
         if config.cuda_graphs and device.type == "cuda":
             self.tensor_step = GraphedFunction(self._graph_step)
 
     def _aot_key(self) -> dict[str, Any]:
-        """Everything an ahead-of-time artifact bakes in besides its inputs: the config, each victim's settings
-        (``describe()``, e.g. HiSD's tag), layout, parameters and buffers (e.g. HiSD's reference image). The seed
-        is not: the step draws nothing (its random tables are inputs), so seeds share an artifact."""
+        """Everything an ahead-of-time artifact bakes in besides its inputs: the config and each victim's settings
+        (``describe()``, e.g. HiSD's tag) and layout. Not the seed (the step draws nothing: its random tables are
+        inputs), nor the weights: the victims' parameters and buffers are its live inputs (``AotCompiledFunction``
+        names the artifact by their shapes), so seeds and checkpoints of the same architectures share it."""
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in (*RUNTIME_FIELDS, "seed")}
-        victims = {v.name: [v.victim.describe(), v.channels_last,
-                            [tensor_digest(t) for t in [*v.victim.parameters(), *v.victim.buffers()]]]
-                   for v in self.victims}
+        victims = {v.name: [v.victim.describe(), v.channels_last] for v in self.victims}
         return {"stage": "tsdf-stage1", "config": fields, "victims": victims}
 
     def start_epoch(self, epoch: int) -> None:
