@@ -1,35 +1,47 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
 # the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the artifacts, then fresh
-# processes load them for whole 30-epoch runs, with the first epoch broken down, and once with cuDNN's autotuning
-# off); then the default path (bf16 + channels_last + CUDA graphs: steady state and the whole run), an eager kernel
+# processes load them for whole 30-epoch runs, once with the first epoch broken down and once with cuDNN's
+# autotuning off); then the default path (bf16 + channels_last + CUDA graphs: steady state and the whole run), an eager kernel
 # profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and
-# a warm Inductor cache. About 5 min for the AOT part and the tests, 8 min more for the rest.
+# a warm Inductor cache. About 6 min for the bytecode cache, the AOT part and the tests
+# (H100), 8 min more for the rest.
 # SKIP_REST=1 stops after the AOT rows; BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state
 # on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
 #   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
-# The GPU image's site-packages had no usable bytecode cache: every process compiled ~2,200 modules from source
-# (7.7 s; 4.3 s of it importing Inductor and Triton). A writable cache lets this script's later processes skip
-# that, as a normal installation does.
+# The GPU image's Python writes no bytecode cache (session 19 on an H100: a process still compiled ~2,400 modules
+# from source, 9.9 s, with PYTHONPYCACHEPREFIX set, as when Python runs with PYTHONDONTWRITEBYTECODE), so every
+# process compiled torch's Python code again. An installation normally has one (pip writes it); compileall writes
+# it into a prefix folder first (it writes whatever that setting says), and every later process reads it there.
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$(mktemp -d)}
+SITE=$(python3 -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))")
+python3 -c "import sys; print('dont_write_bytecode:', sys.flags.dont_write_bytecode)"
+T=$(date +%s); timeout 240 python3 -m compileall -q -j 0 "$SITE/torch" "$SITE/triton" "$SITE/sympy" >/dev/null 2>&1
+echo "bytecode cache written in $(( $(date +%s) - T )) s"
 export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)   # empty: the first compiled run is cold
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 bench() { timeout "$1" python3 benchmarks/stage1_speed.py --config paper --device cuda "${@:2}"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-PYTHONPATH=src python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
+# The CUDA tests run beside the build (its time is not a result), with an Inductor cache of their own.
+(TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) PYTHONPATH=src timeout 330 python3 -m pytest -q -p no:cacheprovider \
+   tests/test_cuda_graphs.py 2>&1 | tail -3 > "$OUT/tests.txt") &
+TESTS=$!
 {
   AOT=$(mktemp -d)
-  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch)"
+  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch; the CUDA tests run beside it)"
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
+  wait $TESTS; echo "## CUDA tests:"; cat "$OUT/tests.txt"
   echo "## AOT-compiled steps + CUDA graphs, whole 30-epoch runs loading them (fresh processes)"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
+  echo "## the same, the first epoch broken down (device-synchronised, so a little slower)"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown
   echo "## the same with cuDNN's autotuning off"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown --no-cudnn-benchmark
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-cudnn-benchmark
   if [ "${SKIP_REST:-0}" != 1 ]; then
   echo "## default: CUDA graphs, steady state and the whole 30-epoch run"
   PYTHONPATH=src bench 150 --batches 8 --full-epochs 30 --skip-plain

@@ -10,7 +10,6 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from tests.test_defense_interruption import data, standins
-from tsdf_pipeline.defense import aot_compile
 from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
 from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
 from tsdf_pipeline.defense.state import tensor_digest
@@ -22,9 +21,6 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
     config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
     compiled = run_interruption(standins(), x, attrs, config)
-    # Inductor's import ran on its own thread, once per process, and was waited for before the first artifact
-    importer = aot_compile._runtime_import()
-    assert importer.name == "aot-runtime-import" and not importer.is_alive()
     files = sorted((tmp_path / "aot").iterdir())
     # the feature and end-to-end steps: artifact, lifted weights, output structure
     assert sorted("".join(p.suffixes) for p in files) == [".bin", ".bin", ".constants.pt", ".constants.pt",

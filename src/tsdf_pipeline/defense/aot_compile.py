@@ -6,34 +6,26 @@ ATen graph (``make_fx``), its tensor constants (the victims' weights) are lifted
 it into a standalone artifact (``torch._inductor.standalone_compile``: the same Python wrapper and kernels as
 ``torch.compile``) that a later run loads without tracing anything. Lifted tensors that are the caller's ``live``
 tensors (the victims' parameters and buffers) are passed to the artifact at each call, not saved with it, so one
-artifact serves any weights of the same shapes. The artifact is the bundled kind (``aot=True``:
-one self-contained function with its kernels), which loaded faster than the cache-entry kind on an H200 (stage 1
+artifact serves any weights of the same shapes. The artifact is the bundled kind (``aot=True``: one
+self-contained function with its kernels), which loaded faster than the cache-entry kind on an H200 (stage 1
 at paper scale: 4.8 s against 6.0–6.3 s, Inductor's import included; benchmarks/README.md). (Not an AOTInductor
 ``.pt2`` package: on CUDA with torch 2.11 loading any such package crashes the process.)
-
-Importing what loading runs (Inductor, and Triton on CUDA) is seconds of Python; it starts on a background thread
-as soon as an :class:`AotCompiledFunction` is made, so that it overlaps the caller's work before the first call
-(stage 1's clean passes, whose kernels and cuDNN's autotuning release the GIL).
 
 Contract of ``fn`` (as for :class:`~tsdf_pipeline.defense.cuda_graphs.GraphedFunction`): arguments and results
 are (nested tuples / lists / dicts of) tensors; it is pure, without host syncs, data-dependent shapes or random
 draws. Everything else it reads besides ``live`` (the targets' names, the config, tensors it builds itself) is
 baked into the artifact, so ``key`` must name all of it; the file names are a digest of ``key``, the names and
-signatures of the ``live`` tensors, the input signature, torch's version and the device. An artifact holds compiled code that loading runs: keep ``cache_dir`` as private as
-the code itself.
+signatures of the ``live`` tensors, the input signature, torch's version and the device. An artifact holds
+compiled code that loading runs: keep ``cache_dir`` as private as the code itself.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,10 +37,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
 
 log = logging.getLogger(__name__)
-
-# What loading an artifact imports: Inductor's runtime, and on CUDA Triton with Inductor's Triton launchers.
-_RUNTIME_MODULES = ("torch._inductor.standalone_compile", "torch._inductor.codecache", "torch._inductor.compile_fx")
-_CUDA_RUNTIME_MODULES = ("triton", "torch._inductor.runtime.triton_heuristics")
 
 
 class AotCompiledFunction:
@@ -70,7 +58,6 @@ class AotCompiledFunction:
         signatures = {name: _signature([t])[0] for name, t in self.live.items()}
         self.key = json.dumps({"key": key, "live": signatures}, sort_keys=True, default=str)
         self.compiled: dict[tuple, tuple[Callable[..., Any], Any]] = {}
-        _runtime_import()
 
     def artifact_path(self, leaves: list[Tensor], spec: Any) -> Path:
         """Where the artifact for these inputs lives (``cache_dir/<digest>.bin``)."""
@@ -85,7 +72,6 @@ class AotCompiledFunction:
         entry = self.compiled.get(memo)
         if entry is None:
             path = self.artifact_path(leaves, spec)
-            _runtime_import().join()  # no import races between the threads
             entry = self.compiled[memo] = self._load(path) if _complete(path) else self._build(path, leaves, spec)
         runner, out_spec = entry
         return tree_unflatten(list(runner(*leaves)), out_spec)
@@ -138,22 +124,6 @@ class AotCompiledFunction:
                                f"{path.with_suffix('.json').name} ({type(err).__name__}: {err}); delete the three "
                                "files to rebuild them") from err
         return (lambda *leaves: artifact(*leaves, *constants)), out_spec
-
-
-@functools.cache
-def _runtime_import() -> threading.Thread:
-    """The daemon thread importing :data:`_RUNTIME_MODULES` (and on CUDA :data:`_CUDA_RUNTIME_MODULES`), started
-    once per process. A module that fails to import there is left to the caller's own import, which raises."""
-
-    def run() -> None:
-        names = _RUNTIME_MODULES + (_CUDA_RUNTIME_MODULES if torch.cuda.is_available() else ())
-        for name in names:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=run, name="aot-runtime-import", daemon=True)
-    thread.start()
-    return thread
 
 
 def _lift_constants(traced: fx.GraphModule) -> list[Tensor]:

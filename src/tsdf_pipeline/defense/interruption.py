@@ -26,8 +26,9 @@ Differences from the release, none of which changes the update:
 * On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
   that size: the same kernels without the host's launch overhead.
 * ``aot_cache_dir``: the feature step and the end-to-end step (pure tensor functions) are each traced once,
-  compiled ahead of time by Inductor and stored there; a later run with the same victims, weights, config and
-  shapes loads them instead of tracing and compiling (``aot_compile``). One artifact per step kind, not one per
+  compiled ahead of time by Inductor and stored there; a later run with the same victim architectures and settings,
+  config and shapes (any weights: they are the artifacts' inputs) loads them instead of tracing and compiling
+  (``aot_compile``). One artifact per step kind, not one per
   batch: the feature step is compiled once for all its ``inner_steps`` calls.
 """
 
