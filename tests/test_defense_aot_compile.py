@@ -89,6 +89,8 @@ def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_f
                        torch.tensor([20.0, 21.0, 22.0]))
     with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
         AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")))
+
+
 def test_tensor_digest_reads_the_bytes_of_any_dtype():
     t = torch.arange(6, dtype=torch.float32).view(2, 3)
     assert tensor_digest(t) == hashlib.sha256(t.numpy().tobytes()).hexdigest()  # job keys of earlier runs hold

@@ -28,8 +28,8 @@ Differences from the release, none of which changes the update:
 * ``aot_cache_dir``: the feature step and the end-to-end step (pure tensor functions) are each traced once,
   compiled ahead of time by Inductor and stored there; a later run with the same victim architectures and settings,
   config and shapes (any weights: they are the artifacts' inputs) loads them instead of tracing and compiling
-  (``aot_compile``). One artifact per step kind, not one per
-  batch: the feature step is compiled once for all its ``inner_steps`` calls.
+  (``aot_compile``). One artifact per step kind, not one per batch: the feature step is compiled once for all its
+  ``inner_steps`` calls.
 """
 
 from __future__ import annotations
