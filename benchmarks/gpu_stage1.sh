@@ -2,12 +2,14 @@
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
 # the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the artifacts, then fresh
 # processes load them for whole 30-epoch runs, once with the first epoch broken down and once with cuDNN's
-# autotuning off); then the default path (bf16 + channels_last + CUDA graphs: steady state and the whole run), an eager kernel
-# profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and
-# a warm Inductor cache. About 6 min for the bytecode cache, the AOT part and the tests
-# (H100), 8 min more for the rest.
-# SKIP_REST=1 stops after the AOT rows; BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state
-# on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
+# autotuning off); then the default path (bf16 + channels_last + CUDA graphs: steady state and the whole run), an
+# eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an
+# empty (cold) and a warm Inductor cache. About 6 min for the bytecode cache, the AOT part and the tests (H100),
+# 8 min more for the rest.
+# SKIP_REST=1 stops after the AOT rows; AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
+# Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
+# that code's steady state on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host
+# profiler (about 60 s more).
 #   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
@@ -42,6 +44,12 @@ TESTS=$!
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown
   echo "## the same with cuDNN's autotuning off"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-cudnn-benchmark
+  if [ -n "${AOT_OPTIONS:-}" ]; then
+    AOT2=$(mktemp -d)
+    echo "## AOT artifacts built with the Inductor settings $AOT_OPTIONS (one epoch), then a whole run loading them"
+    PYTHONPATH=src bench 500 --aot-cache "$AOT2" --aot-options "$AOT_OPTIONS" --full-epochs 1 --only-full-run
+    PYTHONPATH=src bench 90 --aot-cache "$AOT2" --aot-options "$AOT_OPTIONS" --full-epochs 30 --only-full-run
+  fi
   if [ "${SKIP_REST:-0}" != 1 ]; then
   echo "## default: CUDA graphs, steady state and the whole 30-epoch run"
   PYTHONPATH=src bench 150 --batches 8 --full-epochs 30 --skip-plain

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import resource
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--aot-cache", default=None, metavar="DIR",
                         help="compile the steps ahead of time (Inductor artifacts) into DIR; a later run loads them")
+    parser.add_argument("--aot-options", type=json.loads, default=None, metavar="JSON",
+                        help='Inductor settings for building the AOT artifacts, e.g. \'{"max_autotune": true}\'')
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--no-graphs", action="store_true", help="launch kernels eagerly (no CUDA graph replay)")
     parser.add_argument("--full-epochs", type=int, default=0, help="also time a whole run of this many epochs")
@@ -245,10 +248,11 @@ def main() -> None:
     x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
     attrs = torch.randint(0, 2, (batch, 40), generator=gen).float().to(device)
     cfg = InterruptionConfig(batch_size=batch, device=str(device), amp=not args.no_amp, compile=args.compile,
-                             cuda_graphs=not args.no_graphs, aot_cache_dir=args.aot_cache, progress=False)
+                             cuda_graphs=not args.no_graphs, aot_cache_dir=args.aot_cache, aot_options=args.aot_options,
+                             progress=False)
     steps = cfg.inner_steps + 1
     print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
-          f"aot={cfg.aot_cache_dir} cudnn_benchmark={torch.backends.cudnn.benchmark} "
+          f"aot={cfg.aot_cache_dir} aot_options={cfg.aot_options} cudnn_benchmark={torch.backends.cudnn.benchmark} "
           f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 

@@ -64,6 +64,8 @@ def test_artifact_names_cover_key_live_signatures_and_input_signature(tmp_path):
     assert path != other(key={"weights": "abd"})
     assert path != other(live={"w": torch.zeros(5)}) and path != other(live={"v": torch.zeros(4)})
     assert path != other(live={"w": torch.zeros(4, dtype=torch.float64)})
+    assert path != AotCompiledFunction(lambda a: a, tmp_path, key={"weights": "abc"}, live={"w": torch.zeros(4)},
+                                       options={"max_autotune": True}).artifact_path(a, spec)
     assert path != fn.artifact_path([torch.zeros(3, 2)], spec)
     assert path != fn.artifact_path([torch.zeros(2, 3, dtype=torch.float64)], spec)
     assert path != fn.artifact_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
@@ -89,6 +91,16 @@ def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_f
                        torch.tensor([20.0, 21.0, 22.0]))
     with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
         AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")))
+
+
+def test_inductor_options_reach_inductors_config(tmp_path):
+    a = torch.ones(3)
+    out = AotCompiledFunction(lambda a: (a * 2,), tmp_path, key="k", options={"max_autotune": False})(a)
+    assert torch.equal(out[0], a * 2)
+    with pytest.raises(AttributeError, match=r"config\.no_such_setting does not exist"):
+        AotCompiledFunction(lambda a: (a * 2,), tmp_path, key="k", options={"no_such_setting": 1})(a)
+    with pytest.raises(ValueError, match="aot_options: expected a dict of Inductor settings together with aot_cache"):
+        InterruptionConfig(aot_options={"max_autotune": True})
 
 
 def test_tensor_digest_reads_the_bytes_of_any_dtype():

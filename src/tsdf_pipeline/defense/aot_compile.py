@@ -44,6 +44,8 @@ class AotCompiledFunction:
 
     ``live``: named tensors that ``fn`` reads besides its arguments (a model's parameters and buffers). They are
     the artifact's inputs, read when it is loaded (keep them in place: update them in place, don't replace them).
+    ``options``: Inductor config for the compilation (``torch._inductor.config`` keys, e.g. ``max_autotune``);
+    they name the artifact too.
     The first call for an input signature loads ``cache_dir/<digest>.bin`` (the compiled artifact) with its
     ``<digest>.constants.pt`` (the other tensors ``fn`` reads) and ``<digest>.json`` (the output structure and
     where each lifted tensor comes from) if an earlier run wrote them, otherwise traces, compiles and writes them
@@ -51,12 +53,13 @@ class AotCompiledFunction:
     """
 
     def __init__(self, fn: Callable[..., Any], cache_dir: str | os.PathLike, key: Any,
-                 live: Mapping[str, Tensor] | None = None) -> None:
+                 live: Mapping[str, Tensor] | None = None, *, options: Mapping[str, Any] | None = None) -> None:
         self.fn = fn
         self.cache_dir = Path(cache_dir)
         self.live = dict(live or {})
+        self.options = dict(options or {})
         signatures = {name: _signature([t])[0] for name, t in self.live.items()}
-        self.key = json.dumps({"key": key, "live": signatures}, sort_keys=True, default=str)
+        self.key = json.dumps({"key": key, "live": signatures, "options": self.options}, sort_keys=True, default=str)
         self.compiled: dict[tuple, tuple[Callable[..., Any], Any]] = {}
 
     def artifact_path(self, leaves: list[Tensor], spec: Any) -> Path:
@@ -89,8 +92,9 @@ class AotCompiledFunction:
         constants = _lift_constants(traced)
         sources = self._sources(constants)
         traced_at = time.perf_counter()
-        artifact = torch._inductor.standalone_compile(traced, [*leaves, *constants],
-                                                      dynamic_shapes="from_example_inputs", aot=True)
+        options = {"config_patches": self.options} if self.options else None  # compile_fx's keyword arguments
+        artifact = torch._inductor.standalone_compile(traced, [*leaves, *constants], options=options, aot=True,
+                                                      dynamic_shapes="from_example_inputs")
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: artifact.save(path=str(tmp), format="binary"))
         saved = [c for c, source in zip(constants, sources, strict=True) if source is None]

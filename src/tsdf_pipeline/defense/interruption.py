@@ -73,7 +73,7 @@ from tsdf_pipeline.devices import resolve_device
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.
 RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "checkpoint_every", "progress",
-                  "cache_clean", "aot_cache_dir")
+                  "cache_clean", "aot_cache_dir", "aot_options")
 
 
 @dataclass
@@ -103,6 +103,7 @@ class InterruptionConfig(AttackSettings):
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
     aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here
+    aot_options: dict[str, Any] | None = None  # Inductor config for that compilation, e.g. {"max_autotune": true}
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -111,6 +112,9 @@ class InterruptionConfig(AttackSettings):
             raise ValueError(f"InterruptionConfig.cache_clean: expected 'run' or 'batch', got {self.cache_clean!r}")
         if self.epsilon <= 0 or self.step_size <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError("InterruptionConfig: epsilon, step_size and batch_size must be positive, epochs >= 0")
+        if self.aot_options is not None and (self.aot_cache_dir is None or not isinstance(self.aot_options, dict)):
+            raise ValueError("InterruptionConfig.aot_options: expected a dict of Inductor settings together with "
+                             f"aot_cache_dir, got {self.aot_options!r} with aot_cache_dir={self.aot_cache_dir!r}")
 
 
 @dataclass
@@ -178,7 +182,8 @@ class _Stage1:
             key = self._aot_key()
             live = {f"{v.name}.{name}": t for v in victims
                     for name, t in [*v.victim.named_parameters(), *v.victim.named_buffers()]}
-            self.aot = {step: AotCompiledFunction(fn, config.aot_cache_dir, {**key, "step": step}, live)
+            self.aot = {step: AotCompiledFunction(fn, config.aot_cache_dir, {**key, "step": step}, live,
+                                                  options=config.aot_options)
                         for step, fn in (("feature", self._feature_tensor_step),
                                          ("end_to_end", self._end_to_end_tensor_step))}
         # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
