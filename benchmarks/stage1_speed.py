@@ -6,7 +6,7 @@ Usage (torch alone, no kedro)::
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
     python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run \
-        [--breakdown] [--no-cudnn-benchmark]
+        [--aot-options JSON] [--breakdown] [--no-cudnn-benchmark]
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
