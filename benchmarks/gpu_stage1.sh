@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
-# the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the artifacts, then fresh
-# processes load them for whole 30-epoch runs, once with the first epoch broken down and once with cuDNN's
-# autotuning off); then the default path (bf16 + channels_last + CUDA graphs: steady state and the whole run), an
+# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the
+# artifacts, then fresh processes load them for whole 30-epoch runs, with the victims on their own CUDA streams and
+# on one); the default path's steady state with and without those streams; then the default path's whole run, an
 # eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an
-# empty (cold) and a warm Inductor cache. About 6 min for the bytecode cache, the AOT part and the tests (H100),
-# 8 min more for the rest.
-# SKIP_REST=1 stops after the AOT rows; AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
+# empty (cold) and a warm Inductor cache. About 6 min up to the streams A/B (H100), 8 min more for the rest.
+# SKIP_REST=1 stops after the streams A/B; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
+# (where the first epoch's time goes); AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
 # Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
 # that code's steady state on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host
 # profiler (about 60 s more).
-#   BASELINE_SRC=.bench_old/src PROFILE_WARM=1 bash benchmarks/gpu_stage1.sh
+#   SKIP_REST=1 PYPROFILE=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
 # The GPU image's Python writes no bytecode cache (session 19 on an H100: a process still compiled ~2,400 modules
@@ -40,10 +40,15 @@ TESTS=$!
   echo "## AOT-compiled steps + CUDA graphs, whole 30-epoch runs loading them (fresh processes)"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
-  echo "## the same, the first epoch broken down (device-synchronised, so a little slower)"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown
-  echo "## the same with cuDNN's autotuning off"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-cudnn-benchmark
+  echo "## the same, the victims one after another on one stream"
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-victim-streams
+  echo "## default path (eager kernels + CUDA graphs), steady state: the victims on their own streams, then on one"
+  PYTHONPATH=src bench 90 --batches 8 --skip-plain
+  PYTHONPATH=src bench 90 --batches 8 --skip-plain --no-victim-streams
+  if [ "${PYPROFILE:-0}" = 1 ]; then
+    echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 2 --only-full-run --python-profile 30
+  fi
   if [ -n "${AOT_OPTIONS:-}" ]; then
     AOT2=$(mktemp -d)
     echo "## AOT artifacts built with the Inductor settings $AOT_OPTIONS (one epoch), then a whole run loading them"
@@ -51,6 +56,10 @@ TESTS=$!
     PYTHONPATH=src bench 90 --aot-cache "$AOT2" --aot-options "$AOT_OPTIONS" --full-epochs 30 --only-full-run
   fi
   if [ "${SKIP_REST:-0}" != 1 ]; then
+  echo "## AOT: a whole run with the first epoch broken down (device-synchronised, so a little slower)"
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --breakdown
+  echo "## AOT: the same with cuDNN's autotuning off"
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-cudnn-benchmark
   echo "## default: CUDA graphs, steady state and the whole 30-epoch run"
   PYTHONPATH=src bench 150 --batches 8 --full-epochs 30 --skip-plain
   if [ -n "${BASELINE_SRC:-}" ]; then

@@ -6,7 +6,7 @@ Usage (torch alone, no kedro)::
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
     python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run \
-        [--aot-options JSON] [--breakdown] [--no-cudnn-benchmark]
+        [--aot-options JSON] [--breakdown] [--no-cudnn-benchmark] [--no-victim-streams] [--python-profile 30]
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import dataclasses
 import json
 import logging
+import pstats
 import random
 import resource
 import time
@@ -169,11 +171,12 @@ def first_epoch_breakdown(device: torch.device):
 
 
 def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs: int, device: torch.device,
-             host_profile: int = 0, breakdown: bool = False) -> None:
+             host_profile: int = 0, python_profile: int = 0, breakdown: bool = False) -> None:
     """Time ``run_interruption`` over 16 batches x ``epochs`` (fresh stage: clean passes and capture included).
     ``host_profile`` N > 0: profile the run's host side and print the N operations and compiler phases taking
-    most wall time (where a cold or warm start spends its time). ``breakdown``: also time the clean passes, the
-    AOT artifacts' loading (or building) and the graph capture, each device-synchronised."""
+    most wall time (where a cold or warm start spends its time); ``python_profile`` N > 0: the same with cProfile,
+    the N Python functions taking most cumulative and most own time. ``breakdown``: also time the clean passes,
+    the AOT artifacts' loading (or building) and the graph capture, each device-synchronised."""
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(16 * batch, 3, size, size, generator=gen) * 2 - 1
     attrs = torch.randint(0, 2, (16 * batch, 40), generator=gen).float()
@@ -183,7 +186,7 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
         epoch_ends.setdefault(int(metrics["epoch"]), time.perf_counter())
 
     profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if host_profile
-                else contextlib.nullcontext())
+                else cProfile.Profile() if python_profile else contextlib.nullcontext())
     _sync(device)
     t0 = time.perf_counter()
     with profiler, (first_epoch_breakdown(device) if breakdown else contextlib.nullcontext({})) as spent:
@@ -202,6 +205,10 @@ def full_run(victims, cfg: InterruptionConfig, size: int, batch: int, *, epochs:
     if host_profile:
         print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=host_profile,
                                             max_name_column_width=70))
+    if python_profile:
+        stats = pstats.Stats(profiler).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(python_profile)
+        stats.sort_stats("tottime").print_stats(python_profile)
 
 
 def main() -> None:
@@ -223,10 +230,15 @@ def main() -> None:
     parser.add_argument("--host-profile", type=int, default=0,
                         help="with --full-epochs: print the N host operations / compiler phases of the whole run "
                              "taking most wall time")
+    parser.add_argument("--python-profile", type=int, default=0,
+                        help="with --full-epochs: print the N Python functions of the whole run taking most "
+                             "cumulative and own time (cProfile)")
     parser.add_argument("--breakdown", action="store_true",
                         help="time the clean passes, AOT loading and graph capture of the whole run")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="keep cuDNN's autotuning off (run_interruption switches it on for CUDA runs)")
+    parser.add_argument("--no-victim-streams", action="store_true",
+                        help="run the victims one after another on one CUDA stream")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
@@ -248,19 +260,19 @@ def main() -> None:
     x = (torch.rand(batch, 3, size, size, generator=gen) * 2 - 1).to(device)
     attrs = torch.randint(0, 2, (batch, 40), generator=gen).float().to(device)
     cfg = InterruptionConfig(batch_size=batch, device=str(device), amp=not args.no_amp, compile=args.compile,
-                             cuda_graphs=not args.no_graphs, aot_cache_dir=args.aot_cache, aot_options=args.aot_options,
-                             progress=False)
+                             cuda_graphs=not args.no_graphs, victim_streams=not args.no_victim_streams,
+                             aot_cache_dir=args.aot_cache, aot_options=args.aot_options, progress=False)
     steps = cfg.inner_steps + 1
     print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
           f"aot={cfg.aot_cache_dir} aot_options={cfg.aot_options} cudnn_benchmark={torch.backends.cudnn.benchmark} "
-          f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'}"
+          f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'} victim_streams={cfg.victim_streams}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 
     if args.only_full_run:
         if not args.full_epochs:
             parser.error("--only-full-run needs --full-epochs")
         full_run(victims, cfg, size, batch, epochs=args.full_epochs, device=device,
-                 host_profile=args.host_profile, breakdown=args.breakdown)
+                 host_profile=args.host_profile, python_profile=args.python_profile, breakdown=args.breakdown)
         return
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
     stage = _Stage1(prepared, cfg, device, size, n_batches=1)

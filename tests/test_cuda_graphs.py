@@ -1,4 +1,5 @@
-"""CUDA-graph replay (alone and around an AOT-compiled step) of stage 1: refused on the CPU, eager results on a GPU."""
+"""CUDA-graph replay (alone and around an AOT-compiled step) and per-victim streams of stage 1: refused or in order
+on the CPU, eager results on a GPU."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
+from tsdf_pipeline.defense.streams import VictimStreams
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -14,6 +16,50 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cpu_tensors_are_refused():
     with pytest.raises(TypeError, match="CUDA tensor"):
         GraphedFunction(lambda x: x * 2)(torch.ones(2))
+
+
+def test_victim_streams_run_in_order_on_the_cpu():
+    streams = VictimStreams(torch.device("cpu"), 3)
+    assert streams.streams == []
+    calls: list[int] = []
+    assert streams.map(lambda i: calls.append(i) or i * 2, [0, 1, 2]) == [0, 2, 4] and calls == [0, 1, 2]
+
+
+@needs_cuda
+def test_victim_streams_inside_a_graph_equal_the_sequential_results():
+    """Each item on its own stream, joined back: eager and captured as a graph's parallel branches; autograd runs
+    each branch's backward on its stream."""
+    streams = VictimStreams(torch.device("cuda"), 3)
+    with pytest.raises(ValueError, match="4 items for 3 streams"):
+        streams.map(lambda i: i, range(4))
+
+    def fn(x):
+        def branch(i):
+            v = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((torch.sin(v * (i + 1)) ** 2).sum(), v)
+            return g
+        return sum(streams.map(branch, range(3)))
+
+    x = torch.linspace(-2, 2, 4096, device="cuda")
+    expected = sum((i + 1) * torch.sin(2 * (i + 1) * x) for i in range(3))
+    torch.testing.assert_close(fn(x), expected, rtol=1e-4, atol=1e-4)
+    graphed = GraphedFunction(fn)
+    for shift in (0.0, 0.5):
+        torch.testing.assert_close(graphed(x + shift), sum((i + 1) * torch.sin(2 * (i + 1) * (x + shift))
+                                                           for i in range(3)), rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("graphs", [False, True])
+def test_stage1_with_victim_streams_matches_one_stream(graphs: bool):
+    from tests.test_defense_interruption import data, standins
+
+    x, attrs = data(6)
+    base = dict(epochs=2, batch_size=3, device="cuda", amp=False, progress=False, seed=3, cuda_graphs=graphs)
+    one = run_interruption(standins(), x, attrs, InterruptionConfig(**base, victim_streams=False))
+    side_by_side = run_interruption(standins(), x, attrs, InterruptionConfig(**base, victim_streams=True))
+    assert (one.w == side_by_side.w).float().mean().item() > 0.99
+    assert one.history[-1]["e2e/loss"] == pytest.approx(side_by_side.history[-1]["e2e/loss"], rel=1e-4)
 
 
 @needs_cuda

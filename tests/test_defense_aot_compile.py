@@ -22,9 +22,8 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
     config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
     compiled = run_interruption(standins(), x, attrs, config)
     files = sorted((tmp_path / "aot").iterdir())
-    # the feature and end-to-end steps: artifact, lifted weights, output structure
-    assert sorted("".join(p.suffixes) for p in files) == [".bin", ".bin", ".constants.pt", ".constants.pt",
-                                                          ".json", ".json"]
+    # the feature step and each victim's end-to-end part: artifact, lifted weights, output structure
+    assert sorted("".join(p.suffixes) for p in files) == sorted([".bin", ".constants.pt", ".json"] * 3)
     # Inductor may reorder float sums; a sign step flips only where a gradient is ~0.
     assert (eager.w == compiled.w).float().mean().item() > 0.99
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
@@ -150,12 +149,26 @@ def test_the_artifact_key_covers_victim_settings_and_the_live_inputs_cover_non_p
         prepared = prepare_victims(victims, torch.device("cpu"), channels_last=False, compile=False)
         return _Stage1(prepared, InterruptionConfig(device="cpu", aot_cache_dir="unused"), torch.device("cpu"), 8, 1)
 
-    victims = standins()
-    victims[0].register_buffer("reference", torch.zeros(1, 3, 8, 8), persistent=False)
-    before = stage(victims)._aot_key()
-    assert stage(standins())._aot_key() == before  # other weights, same settings
-    live = stage(victims).aot["end_to_end"].live
-    assert live[f"{victims[0].name}.reference"] is victims[0].reference
-    assert all(any(t is p for t in live.values()) for v in victims for p in v.parameters())
-    victims[0].arch = "hisd"  # describe() changes
-    assert stage(victims)._aot_key() != before
+    def with_reference(seed: int):
+        victims = standins()
+        victims[0].register_buffer("reference", torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed)),
+                                   persistent=False)
+        return victims
+
+    victims = with_reference(0)
+    before = {step: fn.key for step, fn in stage(victims).aot.items()}
+    assert sorted(before) == ["end_to_end/a", "end_to_end/b", "feature"]
+    other = with_reference(1)
+    with torch.no_grad():
+        other[1].enc.weight.mul_(2.0)
+    assert {step: fn.key for step, fn in stage(other).aot.items()} == before  # other values, same settings
+    aot = stage(victims).aot
+    assert aot["end_to_end/a"].live[f"{victims[0].name}.reference"] is victims[0].reference
+    assert aot["feature"].live[f"{victims[0].name}.reference"] is victims[0].reference
+    assert all(any(t is p for t in aot[f"end_to_end/{v.name}"].live.values()) for v in victims
+               for p in v.parameters())
+    assert not any(k.startswith("a.") for k in aot["end_to_end/b"].live)  # a victim's part reads its own weights
+    victims[0].arch = "hisd"  # describe() changes: the artifacts over that victim change, the other's not
+    after = {step: fn.key for step, fn in stage(victims).aot.items()}
+    assert after["feature"] != before["feature"] and after["end_to_end/a"] != before["end_to_end/a"]
+    assert after["end_to_end/b"] == before["end_to_end/b"]

@@ -25,11 +25,14 @@ Differences from the release, none of which changes the update:
   gets draw ``m``).
 * On CUDA (``cuda_graphs``) a batch's steps are captured once as a CUDA graph and replayed for every batch of
   that size: the same kernels without the host's launch overhead.
-* ``aot_cache_dir``: the feature step and the end-to-end step (pure tensor functions) are each traced once,
-  compiled ahead of time by Inductor and stored there; a later run with the same victim architectures and settings,
-  config and shapes (any weights: they are the artifacts' inputs) loads them instead of tracing and compiling
-  (``aot_compile``). One artifact per step kind, not one per batch: the feature step is compiled once for all its
-  ``inner_steps`` calls.
+* The end-to-end step is computed per victim, ``L_m`` and ``∂(ω_m·L_m)/∂w``, and the gradients are summed (the
+  gradient of ``Σ_m ω_m L_m``, up to the order of the floating-point sums). On CUDA the victims run side by side on
+  streams of their own (``streams``), in the feature steps as well.
+* ``aot_cache_dir``: the feature step and each victim's end-to-end part (pure tensor functions) are each traced
+  once, compiled ahead of time by Inductor and stored there; a later run with the same victim architectures and
+  settings, config and shapes (any weights: they are the artifacts' inputs) loads them instead of tracing and
+  compiling (``aot_compile``). One artifact per step kind (and victim), not one per batch: the feature step is
+  compiled once for all its ``inner_steps`` calls.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from tsdf_pipeline.defense.input_diversity import (
 )
 from tsdf_pipeline.defense.loop import Callback, LoopSettings, run_loop
 from tsdf_pipeline.defense.state import config_fingerprint, make_generator
+from tsdf_pipeline.defense.streams import VictimStreams
 from tsdf_pipeline.defense.victim_ops import (
     AttackSettings,
     PreparedVictim,
@@ -72,8 +76,8 @@ from tsdf_pipeline.devices import resolve_device
 
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.
-RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "checkpoint_every", "progress",
-                  "cache_clean", "aot_cache_dir", "aot_options")
+RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "victim_streams", "checkpoint_every",
+                  "progress", "cache_clean", "aot_cache_dir", "aot_options")
 
 
 @dataclass
@@ -102,6 +106,7 @@ class InterruptionConfig(AttackSettings):
     shuffle_victims: bool = True
     cache_clean: Literal["run", "batch"] = "run"
     cuda_graphs: bool = True     # on CUDA: capture each batch's steps once, replay them (no launch overhead)
+    victim_streams: bool = True  # on CUDA: the victims side by side, each on a stream of its own
     aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here
     aot_options: dict[str, Any] | None = None  # Inductor config for that compilation, e.g. {"max_autotune": true}
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
@@ -175,30 +180,37 @@ class _Stage1:
         self.cache: dict[int, _CleanPass] = {}
         self.plan: DiversityDraw | None = None
         self._graph_targets: list[Any] | None = None
-        # The feature step and the end-to-end step over tensors only, each compiled ahead of time into its own
-        # artifact (the feature step's serves its `inner_steps` calls); None: run them as Python.
+        self.streams = VictimStreams(device, len(victims) if config.victim_streams else 1)
+        # The feature step and each victim's end-to-end part over tensors only, each compiled ahead of time into its
+        # own artifact (the feature step's serves its `inner_steps` calls); None: run them as Python.
         self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
-            key = self._aot_key()
-            live = {f"{v.name}.{name}": t for v in victims
-                    for name, t in [*v.victim.named_parameters(), *v.victim.named_buffers()]}
-            self.aot = {step: AotCompiledFunction(fn, config.aot_cache_dir, {**key, "step": step}, live,
-                                                  options=config.aot_options)
-                        for step, fn in (("feature", self._feature_tensor_step),
-                                         ("end_to_end", self._end_to_end_tensor_step))}
+            self.aot = {"feature": self._aot_function("feature", self._feature_tensor_step, victims)}
+            for m, v in enumerate(victims):
+                self.aot[f"end_to_end/{v.name}"] = self._aot_function(
+                    f"end_to_end/{v.name}", self._victim_end_to_end_tensor(m), [v])
         # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
         self.tensor_step: Callable[..., Any] | None = None
         if config.cuda_graphs and device.type == "cuda":
             self.tensor_step = GraphedFunction(self._graph_step)
 
-    def _aot_key(self) -> dict[str, Any]:
-        """Everything an ahead-of-time artifact bakes in besides its inputs: the config and each victim's settings
-        (``describe()``, e.g. HiSD's tag) and layout. Not the seed (the step draws nothing: its random tables are
-        inputs), nor the weights: the victims' parameters and buffers are its live inputs (``AotCompiledFunction``
-        names the artifact by their shapes), so seeds and checkpoints of the same architectures share it."""
+    def _aot_key(self, victims: list[PreparedVictim]) -> dict[str, Any]:
+        """Everything an ahead-of-time artifact over ``victims`` bakes in besides its inputs: the config and each
+        victim's settings (``describe()``, e.g. HiSD's tag) and layout. Not the seed (the step draws nothing: its
+        random tables are inputs), nor the weights: the victims' parameters and buffers are its live inputs
+        (``AotCompiledFunction`` names the artifact by their shapes), so seeds and checkpoints of the same
+        architectures share it."""
         fields = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in (*RUNTIME_FIELDS, "seed")}
-        victims = {v.name: [v.victim.describe(), v.channels_last] for v in self.victims}
-        return {"stage": "tsdf-stage1", "config": fields, "victims": victims}
+        described = {v.name: [v.victim.describe(), v.channels_last] for v in victims}
+        return {"stage": "tsdf-stage1", "config": fields, "victims": described}
+
+    def _aot_function(self, step: str, fn: Callable[..., Any], victims: list[PreparedVictim]) -> AotCompiledFunction:
+        """``fn`` compiled ahead of time; it reads the parameters and buffers of ``victims`` (its live inputs)."""
+        live = {f"{v.name}.{name}": t for v in victims
+                for name, t in [*v.victim.named_parameters(), *v.victim.named_buffers()]}
+        assert self.config.aot_cache_dir is not None
+        return AotCompiledFunction(fn, self.config.aot_cache_dir, {**self._aot_key(victims), "step": step}, live,
+                                   options=self.config.aot_options)
 
     def start_epoch(self, epoch: int) -> None:
         cfg = self.config
@@ -243,34 +255,27 @@ class _Stage1:
         self.cache[batch] = entry
         return entry
 
-    def feature_loss(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw) -> dict[str, Tensor]:
-        """Loss of one feature-ensemble step (``loss`` is minimised); ``draw``: ``[M,2,S]`` per victim."""
+    def feature_loss(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw, *,
+                     concurrent: bool = True) -> dict[str, Tensor]:
+        """Loss of one feature-ensemble step (``loss`` is minimised); ``draw``: ``[M,2,S]`` per victim.
+        ``concurrent``: the victims on their own CUDA streams (off inside an ahead-of-time trace)."""
         cfg = self.config
         x_adv = x + w
-        adv_map = None
-        with autocast(self.device, cfg.amp):
-            for m, v in enumerate(self.victims):
+
+        def victim_map(m: int) -> Tensor:
+            with autocast(self.device, cfg.amp):
                 x_di = apply_diversity(x_adv, draw.index[m], draw.valid[m])
-                part = summed_feature_map(v.feature(x_di, clean.targets[m]), cfg.feature_size)
-                adv_map = part if adv_map is None else adv_map + part
+                return summed_feature_map(self.victims[m].feature(x_di, clean.targets[m]), cfg.feature_size)
+
+        victims = range(len(self.victims))
+        maps = self.streams.map(victim_map, victims) if concurrent else [victim_map(m) for m in victims]
+        adv_map = maps[0]
+        for part in maps[1:]:
+            adv_map = adv_map + part
         mse = F.mse_loss(adv_map, clean.feature_map)
         enhanced = enhance_feature_contrast(clean.feature_map, adv_map, cfg.enh_temperature, cfg.enh_alpha)
         enh_mse = F.mse_loss(enhanced, adv_map)
         return {"loss": -mse + cfg.enh_weight * enh_mse, "mse": mse, "enh_mse": enh_mse}
-
-    def end_to_end_losses(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw) -> Tensor:
-        """Per-victim ``L_m`` ``[M]`` (higher = less disrupted); ``draw``: ``[M,2,S]`` per victim."""
-        cfg = self.config
-        x_adv = x + w
-        losses = []
-        with autocast(self.device, cfg.amp):
-            for m, v in enumerate(self.victims):
-                x_di = apply_diversity(x_adv, draw.index[m], draw.valid[m])
-                out, feat = v.edit_with_feature(x_di, clean.targets[m])
-                out_mse = F.mse_loss(out.float(), clean.outputs[m].float())
-                feat_mse = F.mse_loss(bilinear_resize(feat, cfg.feature_size).float(), clean.features[m].float())
-                losses.append(-(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse))
-        return torch.stack(losses)
 
     def feature_steps(self, x: Tensor, w: Tensor, clean: _CleanPass, draws: DiversityDraw
                       ) -> tuple[Tensor, list[dict[str, Tensor]]]:
@@ -285,47 +290,65 @@ class _Stage1:
             records.append(record)
         return w, records
 
-    def feature_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw
-                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    def feature_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw, *,
+                     concurrent: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """One feature-ensemble sign step; ``draw``: ``[M,2,S]`` per victim. Returns ``(w, record)``."""
         cfg = self.config
         w_var = w.detach().requires_grad_(True)
-        parts = self.feature_loss(x, w_var, clean, draw)
+        parts = self.feature_loss(x, w_var, clean, draw, concurrent=concurrent)
         (grad,) = torch.autograd.grad(parts["loss"], w_var)
         w = sign_step(w, l1_normalize(grad), cfg.step_size, cfg.epsilon)
         return w, {f"feature/{key}": val.detach() for key, val in parts.items()}
+
+    def victim_end_to_end(self, m: int, x: Tensor, w: Tensor, clean: tuple[Any, Tensor, Tensor],
+                          draw: tuple[Tensor, Tensor], *, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Victim ``m``'s part of the end-to-end step: ``(L_m, ∂(ω_m·L_m)/∂w)``, a 0-dim loss (higher = less
+        disrupted) and a ``[1,3,H,W]`` gradient. ``clean``: its target, clean output ``[T,N,3,H,W]`` and clean
+        feature ``[T,N,C,s,s]``; ``draw``: its DI tables ``(index, valid)`` ``[2,S]``; ``weight``: 0-dim ω_m."""
+        target, clean_output, clean_feature = clean
+        cfg = self.config
+        w_var = w.detach().requires_grad_(True)
+        with autocast(self.device, cfg.amp):
+            x_di = apply_diversity(x + w_var, *draw)
+            out, feat = self.victims[m].edit_with_feature(x_di, target)
+            out_mse = F.mse_loss(out.float(), clean_output.float())
+            feat_mse = F.mse_loss(bilinear_resize(feat, cfg.feature_size).float(), clean_feature.float())
+            loss = -(cfg.output_loss_weight * out_mse + cfg.feature_loss_weight * feat_mse)
+        (grad,) = torch.autograd.grad(weight * loss, w_var)
+        return loss.detach(), grad
 
     def end_to_end_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draws: DiversityDraw, *,
                         momentum: Tensor, ema: Tensor, weights: Tensor
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """The end-to-end step with momentum and the EMA-softmax victim weights ``[M]``; ``draws`` as in
-        :meth:`feature_steps`.
+        :meth:`feature_steps`. The victims' parts (:meth:`victim_end_to_end`) run side by side on CUDA.
 
         Returns ``(w, new momentum, new ema, new weights, record)``; ``momentum`` matches ``w``'s batch dimension.
         """
-        k = self.config.inner_steps
-        state = {"momentum": momentum, "ema": ema, "weights": weights}
-        if self.aot is not None:
-            return self.aot["end_to_end"](x, w, _clean_tensors(clean), (draws.index[k], draws.valid[k]), state)
-        return self._end_to_end_step(x, w, clean, DiversityDraw(draws.index[k], draws.valid[k]), state)
-
-    def _end_to_end_step(self, x: Tensor, w: Tensor, clean: _CleanPass, draw: DiversityDraw,
-                         state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         cfg = self.config
-        momentum, ema, weights = state["momentum"], state["ema"], state["weights"]
-        w_var = w.detach().requires_grad_(True)
-        losses = self.end_to_end_losses(x, w_var, clean, draw)
-        total = (weights * losses).sum()
-        (grad,) = torch.autograd.grad(total, w_var)
+        k = cfg.inner_steps
+
+        def part(m: int) -> tuple[Tensor, Tensor]:
+            target, draw = clean.targets[m], (draws.index[k, m], draws.valid[k, m])
+            if self.aot is None:
+                return self.victim_end_to_end(m, x, w, (target, clean.outputs[m], clean.features[m]), draw,
+                                              weight=weights[m])
+            return self.aot[f"end_to_end/{self.victims[m].name}"](
+                x, w, (target.cond, clean.outputs[m], clean.features[m]), draw, weights[m])
+
+        parts = self.streams.map(part, range(len(self.victims)))
+        losses = torch.stack([loss for loss, _ in parts])
+        grad = parts[0][1]
+        for _, victim_grad in parts[1:]:
+            grad = grad + victim_grad
         direction = momentum_direction(grad, momentum, cfg.momentum)
         w = sign_step(w, direction, cfg.step_size, cfg.epsilon)
-        losses = losses.detach()
         new_ema, new_weights = update_model_weights(ema, losses, cfg.ema, cfg.temperature)
-        record = {"e2e/loss": total.detach()}
+        record = {"e2e/loss": (weights * losses).sum()}
         for i, v in enumerate(self.victims):
             record[f"e2e/loss/{v.name}"] = losses[i]
             record[f"weight/{v.name}"] = weights[i]
-        return w.detach(), direction.detach(), new_ema, new_weights, record
+        return w, direction, new_ema, new_weights, record
 
     def batch_step(self, x: Tensor, clean: _CleanPass, draws: DiversityDraw, state: dict[str, Tensor]
                    ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
@@ -350,13 +373,21 @@ class _Stage1:
 
     def _feature_tensor_step(self, x: Tensor, w: Tensor, clean: dict[str, Any], draw: tuple[Tensor, Tensor]
                              ) -> tuple[Tensor, dict[str, Tensor]]:
-        """:meth:`feature_step` over tensors only (what ``aot["feature"]`` compiles)."""
-        return self.feature_step(x, w, self._from_tensors(clean), DiversityDraw(*draw))
+        """:meth:`feature_step` over tensors only (what ``aot["feature"]`` compiles: one stream)."""
+        return self.feature_step(x, w, self._from_tensors(clean), DiversityDraw(*draw), concurrent=False)
 
-    def _end_to_end_tensor_step(self, x: Tensor, w: Tensor, clean: dict[str, Any], draw: tuple[Tensor, Tensor],
-                                state: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`end_to_end_step` over tensors only (what ``aot["end_to_end"]`` compiles)."""
-        return self._end_to_end_step(x, w, self._from_tensors(clean), DiversityDraw(*draw), state)
+    def _victim_end_to_end_tensor(self, m: int) -> Callable[..., tuple[Tensor, Tensor]]:
+        """:meth:`victim_end_to_end` of victim ``m`` over tensors only (what ``aot["end_to_end/<name>"]``
+        compiles): the target's condition tensor instead of the target."""
+
+        def fn(x: Tensor, w: Tensor, clean: tuple[Tensor, Tensor, Tensor], draw: tuple[Tensor, Tensor],
+               weight: Tensor) -> tuple[Tensor, Tensor]:
+            assert self._graph_targets is not None
+            cond, output, feature = clean
+            target = dataclasses.replace(self._graph_targets[m], cond=cond)
+            return self.victim_end_to_end(m, x, w, (target, output, feature), draw, weight=weight)
+
+        return fn
 
     def step(self, epoch: int, batch: int, x: Tensor, attrs40: Tensor,
              state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
