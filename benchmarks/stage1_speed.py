@@ -6,7 +6,8 @@ Usage (torch alone, no kedro)::
     python benchmarks/stage1_speed.py --config paper --device cuda --full-epochs 30 --skip-plain
     python benchmarks/stage1_speed.py --config paper --device cuda --compile --full-epochs 30 --only-full-run
     python benchmarks/stage1_speed.py --config paper --device cuda --aot-cache DIR --full-epochs 30 --only-full-run \
-        [--aot-options JSON] [--breakdown] [--no-cudnn-benchmark] [--no-victim-streams] [--python-profile 30]
+        [--aot-options JSON] [--breakdown] [--no-cudnn-benchmark] [--cudnn-benchmark-limit N] [--no-early-import] \
+        [--no-victim-streams] [--python-profile 30]
     python benchmarks/stage1_speed.py --config demo --device cpu
 
 ``paper``: StarGAN, AttentionGAN, AttGAN, HiSD with random weights of the official sizes (``build_generator``
@@ -237,6 +238,11 @@ def main() -> None:
                         help="time the clean passes, AOT loading and graph capture of the whole run")
     parser.add_argument("--no-cudnn-benchmark", action="store_true",
                         help="keep cuDNN's autotuning off (run_interruption switches it on for CUDA runs)")
+    parser.add_argument("--cudnn-benchmark-limit", type=int, default=None, metavar="N",
+                        help="cuDNN's autotuning tries at most N algorithms per convolution (torch's default: 10)")
+    parser.add_argument("--no-early-import", action="store_true",
+                        help="with --aot-cache: import Inductor's runtime when the first artifact loads, not on a "
+                             "thread from the start of the run")
     parser.add_argument("--no-victim-streams", action="store_true",
                         help="run the victims one after another on one CUDA stream")
     parser.add_argument("--skip-plain", action="store_true", help="skip the release-style reference")
@@ -252,6 +258,12 @@ def main() -> None:
         from tsdf_pipeline.defense import interruption
 
         interruption.cudnn_autotune = lambda device: contextlib.nullcontext()
+    if args.cudnn_benchmark_limit is not None:
+        torch.backends.cudnn.benchmark_limit = args.cudnn_benchmark_limit
+    if args.no_early_import:
+        from tsdf_pipeline.defense import interruption
+
+        interruption.import_runtime_in_background = lambda: None
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -265,7 +277,8 @@ def main() -> None:
     steps = cfg.inner_steps + 1
     print(f"config={args.config} size={size} batch={batch} device={device} amp={cfg.amp} compile={cfg.compile} "
           f"aot={cfg.aot_cache_dir} aot_options={cfg.aot_options} cudnn_benchmark={torch.backends.cudnn.benchmark} "
-          f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'} victim_streams={cfg.victim_streams}"
+          f"cuda_graphs={cfg.cuda_graphs and device.type == 'cuda'} victim_streams={cfg.victim_streams} "
+          f"cudnn_benchmark_limit={torch.backends.cudnn.benchmark_limit} early_import={not args.no_early_import}"
           + (f" ({torch.cuda.get_device_name(device)}, torch {torch.__version__})" if device.type == "cuda" else ""))
 
     if args.only_full_run:

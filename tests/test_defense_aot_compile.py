@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 
 import pytest
 import torch
@@ -172,3 +173,14 @@ def test_the_artifact_key_covers_victim_settings_and_the_live_inputs_cover_non_p
     after = {step: fn.key for step, fn in stage(victims).aot.items()}
     assert after["feature"] != before["feature"] and after["end_to_end/a"] != before["end_to_end/a"]
     assert after["end_to_end/b"] == before["end_to_end/b"]
+
+
+def test_the_runtime_import_starts_once_on_a_thread_and_loading_waits_for_it():
+    from tsdf_pipeline.defense import aot_compile
+
+    aot_compile.import_runtime_in_background()
+    thread = aot_compile._runtime_import["thread"]
+    aot_compile.import_runtime_in_background()
+    assert aot_compile._runtime_import["thread"] is thread
+    aot_compile._await_runtime_import()
+    assert not thread.is_alive() and "torch._inductor.standalone_compile" in sys.modules

@@ -22,10 +22,12 @@ compiled code that loading runs: keep ``cache_dir`` as private as the code itsel
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +39,37 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._pytree import tree_flatten, tree_unflatten, treespec_dumps, treespec_loads
 
 log = logging.getLogger(__name__)
+
+
+# What loading an artifact imports (Inductor's runtime and what its generated CUDA code imports): seconds of Python
+# in a fresh process (3-6 s measured on the GPU machines), most of a loading run's first epoch besides its GPU work.
+_RUNTIME_MODULES = ("torch._inductor.standalone_compile", "torch._inductor.select_algorithm",
+                    "torch._inductor.async_compile", "torch._inductor.codegen.memory_planning",
+                    "torch._inductor.runtime.triton_heuristics", "triton", "triton.language")
+_runtime_import: dict[str, threading.Thread] = {}  # "thread": the import under way or done (once per process)
+
+
+def import_runtime_in_background() -> None:
+    """Start importing what loading an artifact needs on a thread, once per process, so that it overlaps the caller's
+    first GPU work (the clean passes and cuDNN's autotuning: PyTorch's operations release the GIL). The first load
+    or build waits for it. A module that fails to import here is imported (and fails) again where it is needed."""
+    if "thread" not in _runtime_import:
+        thread = _runtime_import["thread"] = threading.Thread(target=_import_runtime, name="inductor-runtime-import",
+                                                              daemon=True)
+        thread.start()
+
+
+def _import_runtime() -> None:
+    for name in _RUNTIME_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # e.g. no Triton on a CPU machine: nothing to warm up
+            continue
+
+
+def _await_runtime_import() -> None:
+    if "thread" in _runtime_import:
+        _runtime_import["thread"].join()
 
 
 class AotCompiledFunction:
@@ -87,6 +120,7 @@ class AotCompiledFunction:
             out_spec[:] = [tree]
             return tuple(out_leaves)
 
+        _await_runtime_import()
         start = time.perf_counter()
         traced = make_fx(flat_fn, tracing_mode="real")(*leaves)  # runs fn once, recording forward and backward ops
         constants = _lift_constants(traced)
@@ -113,6 +147,7 @@ class AotCompiledFunction:
         return [names.get(_identity(c)) for c in constants]
 
     def _load(self, path: Path) -> tuple[Callable[..., Any], Any]:
+        _await_runtime_import()
         from torch._inductor.standalone_compile import CompiledArtifact
 
         try:

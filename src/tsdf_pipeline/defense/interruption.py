@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
+from tsdf_pipeline.defense.aot_compile import AotCompiledFunction, import_runtime_in_background
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.feature_contrast import (
     bilinear_resize,
@@ -422,6 +422,8 @@ def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor,
     weights, delivered at sync points. Deterministic for a given seed on the CPU.
     """
     check_inputs("interruption", victims, images, attrs40)
+    if config.aot_cache_dir is not None:
+        import_runtime_in_background()  # beside moving the victims and the first clean pass
     device = resolve_device(config.device)
     prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
     images = images.to(device=device, dtype=torch.float32)
