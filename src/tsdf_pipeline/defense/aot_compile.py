@@ -151,8 +151,13 @@ class AotCompiledFunction:
         from torch._inductor.standalone_compile import CompiledArtifact
 
         try:
+            start = time.perf_counter()
             artifact = CompiledArtifact.load(path=str(path), format="binary")
-            saved = iter(torch.load(_constants_path(path), weights_only=True))
+            loaded_at = time.perf_counter()
+            saved_list = torch.load(_constants_path(path), weights_only=True)
+            log.info("AOT artifact %s loaded in %.2f s, its %d saved tensors in %.2f s", path.name,
+                     loaded_at - start, len(saved_list), time.perf_counter() - loaded_at)
+            saved = iter(saved_list)
             meta = json.loads(path.with_suffix(".json").read_text())
             out_spec = treespec_loads(meta["outputs"])
             constants = [next(saved) if name is None else self.live[name] for name in meta["constants"]]
