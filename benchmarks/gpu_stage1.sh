@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
 # a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the
-# artifacts, then fresh processes load them for whole 30-epoch runs: as configured, with Inductor's runtime imported
-# when the first artifact loads, with cuDNN's autotuning limited); then the victims on one stream (AOT whole run and
-# the default path's steady state), the default path's whole run, an eager kernel profile with the release-style
-# fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and a warm Inductor cache. About
-# 5 min up to the AOT A/B runs (H200), 9 min more for the rest.
-# SKIP_REST=1 stops after the AOT A/B runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
+# artifacts for the victims side by side on CUDA streams, a second those for one stream, then fresh processes load
+# them for whole 30-epoch runs, alternating, and once with cuDNN's autotuning limited); then Inductor's runtime
+# imported late, the default path's steady state with and without streams and its whole run, an eager kernel
+# profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and
+# a warm Inductor cache. About 7 min up to the AOT runs (H200), 9 min more for the rest.
+# SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
 # (where the first epoch's time goes); AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
 # Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
 # that code's steady state on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host
@@ -38,12 +38,15 @@ TESTS=$!
   echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch; the CUDA tests run beside it)"
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
   while kill -0 $TESTS 2>/dev/null; do sleep 1; done; echo "## CUDA tests:"; cat "$OUT/tests.txt"
-  echo "## AOT-compiled steps + CUDA graphs, whole 30-epoch runs loading them (fresh processes)"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
-  echo "## the same, Inductor's runtime imported when the first artifact loads (not on a thread from the start)"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-early-import
-  echo "## the same (early import), cuDNN's autotuning limited to 3 algorithms per convolution"
+  echo "## the same for the victims on one stream (victim_streams: false): one end-to-end artifact for all victims"
+  PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --no-victim-streams
+  echo "## AOT-compiled steps + CUDA graphs, whole 30-epoch runs loading them (fresh processes), alternating: the"
+  echo "## victims side by side (an artifact each, the default), then on one stream (one artifact for all)"
+  for _ in 1 2; do
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-victim-streams
+  done
+  echo "## side by side, cuDNN's autotuning limited to 3 algorithms per convolution"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --cudnn-benchmark-limit 3
   if [ "${PYPROFILE:-0}" = 1 ]; then
     echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"
@@ -56,8 +59,8 @@ TESTS=$!
     PYTHONPATH=src bench 90 --aot-cache "$AOT2" --aot-options "$AOT_OPTIONS" --full-epochs 30 --only-full-run
   fi
   if [ "${SKIP_REST:-0}" != 1 ]; then
-  echo "## AOT: a whole run with the victims one after another on one stream"
-  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-victim-streams
+  echo "## AOT: Inductor's runtime imported when the first artifact loads (not on a thread from the start)"
+  PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-early-import
   echo "## default path (eager kernels + CUDA graphs), steady state: the victims on their own streams, then on one"
   PYTHONPATH=src bench 90 --batches 8 --skip-plain
   PYTHONPATH=src bench 90 --batches 8 --skip-plain --no-victim-streams

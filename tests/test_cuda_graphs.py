@@ -90,14 +90,14 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 
 @needs_cuda
-@pytest.mark.parametrize("amp", [False, True])
-def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool):
-    """AOT-compiled steps (Inductor standalone artifacts) + graph replay (channels-last, bf16 when ``amp``) against
-    eager launches."""
+@pytest.mark.parametrize(("amp", "streams"), [(False, True), (True, True), (True, False)])
+def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool, streams: bool):
+    """AOT-compiled steps (Inductor standalone artifacts: per victim on its stream, or one for all) + graph replay
+    (channels-last, bf16 when ``amp``) against eager launches."""
     from tests.test_defense_interruption import data, standins
 
     x, attrs = data(6)
-    base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3)
+    base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3, victim_streams=streams)
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base, cuda_graphs=False))
     compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
     agree = (eager.w == compiled.w).float().mean().item()

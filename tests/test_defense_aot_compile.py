@@ -50,6 +50,21 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
     assert other_eager.history[-1]["e2e/loss"] == pytest.approx(reused.history[-1]["e2e/loss"], rel=1e-4)
 
 
+def test_aot_stage1_on_one_stream_compiles_all_victims_end_to_end_parts_into_one_artifact(tmp_path):
+    """``victim_streams: false``: one end-to-end artifact for the ensemble (its identical kernels shared), the same
+    result as the eager loop and as the per-victim artifacts."""
+    x, attrs = data(4)
+    base = dict(epochs=2, batch_size=2, device="cpu", progress=False, seed=3, victim_streams=False)
+    eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
+    compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
+    assert sorted("".join(p.suffixes) for p in tmp_path.iterdir()) == sorted([".bin", ".constants.pt", ".json"] * 2)
+    assert (eager.w == compiled.w).float().mean().item() > 0.99
+    assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
+    per_victim = run_interruption(standins(), x, attrs, InterruptionConfig(
+        **{**base, "victim_streams": True}, aot_cache_dir=str(tmp_path / "per_victim")))
+    assert (per_victim.w == compiled.w).float().mean().item() > 0.99
+
+
 def test_artifact_names_cover_key_live_signatures_and_input_signature(tmp_path):
     fn = AotCompiledFunction(lambda a: a * 2, tmp_path, key={"weights": "abc"}, live={"w": torch.zeros(4)})
     a, spec = [torch.zeros(2, 3)], tree_flatten((torch.zeros(1),))[1]

@@ -28,11 +28,11 @@ Differences from the release, none of which changes the update:
 * The end-to-end step is computed per victim, ``L_m`` and ``∂(ω_m·L_m)/∂w``, and the gradients are summed (the
   gradient of ``Σ_m ω_m L_m``, up to the order of the floating-point sums). On CUDA the victims run side by side on
   streams of their own (``streams``), in the feature steps as well.
-* ``aot_cache_dir``: the feature step and each victim's end-to-end part (pure tensor functions) are each traced
-  once, compiled ahead of time by Inductor and stored there; a later run with the same victim architectures and
-  settings, config and shapes (any weights: they are the artifacts' inputs) loads them instead of tracing and
-  compiling (``aot_compile``). One artifact per step kind (and victim), not one per batch: the feature step is
-  compiled once for all its ``inner_steps`` calls.
+* ``aot_cache_dir``: the feature step and each victim's end-to-end part (pure tensor functions; all victims' parts
+  as one function with ``victim_streams: false``) are each traced once, compiled ahead of time by Inductor and
+  stored there; a later run with the same victim architectures and settings, config and shapes (any weights: they
+  are the artifacts' inputs) loads them instead of tracing and compiling (``aot_compile``). One artifact per step
+  kind (and victim), not one per batch: the feature step is compiled once for all its ``inner_steps`` calls.
 """
 
 from __future__ import annotations
@@ -186,9 +186,12 @@ class _Stage1:
         self.aot: dict[str, AotCompiledFunction] | None = None
         if config.aot_cache_dir is not None:
             self.aot = {"feature": self._aot_function("feature", self._feature_tensor_step, victims)}
-            for m, v in enumerate(victims):
-                self.aot[f"end_to_end/{v.name}"] = self._aot_function(
-                    f"end_to_end/{v.name}", self._victim_end_to_end_tensor(m), [v])
+            if config.victim_streams:  # one artifact per victim, each on its stream
+                for m, v in enumerate(victims):
+                    self.aot[f"end_to_end/{v.name}"] = self._aot_function(
+                        f"end_to_end/{v.name}", self._victim_end_to_end_tensor(m), [v])
+            else:  # one artifact for all victims: fewer kernels to load (identical ones are shared)
+                self.aot["end_to_end"] = self._aot_function("end_to_end", self._end_to_end_tensor_parts, victims)
         # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
         self.tensor_step: Callable[..., Any] | None = None
         if config.cuda_graphs and device.type == "cuda":
@@ -336,11 +339,11 @@ class _Stage1:
             return self.aot[f"end_to_end/{self.victims[m].name}"](
                 x, w, (target.cond, clean.outputs[m], clean.features[m]), draw, weights[m])
 
-        parts = self.streams.map(part, range(len(self.victims)))
-        losses = torch.stack([loss for loss, _ in parts])
-        grad = parts[0][1]
-        for _, victim_grad in parts[1:]:
-            grad = grad + victim_grad
+        if self.aot is not None and "end_to_end" in self.aot:
+            losses, grad = self.aot["end_to_end"](x, w, _clean_tensors(clean), (draws.index[k], draws.valid[k]),
+                                                  weights)
+        else:
+            losses, grad = _stack_parts(self.streams.map(part, range(len(self.victims))))
         direction = momentum_direction(grad, momentum, cfg.momentum)
         w = sign_step(w, direction, cfg.step_size, cfg.epsilon)
         new_ema, new_weights = update_model_weights(ema, losses, cfg.ema, cfg.temperature)
@@ -376,6 +379,16 @@ class _Stage1:
         """:meth:`feature_step` over tensors only (what ``aot["feature"]`` compiles: one stream)."""
         return self.feature_step(x, w, self._from_tensors(clean), DiversityDraw(*draw), concurrent=False)
 
+    def _end_to_end_tensor_parts(self, x: Tensor, w: Tensor, clean: dict[str, Any], draw: tuple[Tensor, Tensor],
+                                 weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Every victim's :meth:`victim_end_to_end` in turn over tensors only (what ``aot["end_to_end"]`` compiles,
+        one stream): the losses ``[M]`` and the summed gradient; ``draw``: ``[M,2,S]``."""
+        c = self._from_tensors(clean)
+        index, valid = draw
+        return _stack_parts([self.victim_end_to_end(m, x, w, (c.targets[m], c.outputs[m], c.features[m]),
+                                                    (index[m], valid[m]), weight=weights[m])
+                             for m in range(len(self.victims))])
+
     def _victim_end_to_end_tensor(self, m: int) -> Callable[..., tuple[Tensor, Tensor]]:
         """:meth:`victim_end_to_end` of victim ``m`` over tensors only (what ``aot["end_to_end/<name>"]``
         compiles): the target's condition tensor instead of the target."""
@@ -401,6 +414,14 @@ class _Stage1:
             new, records = self.tensor_step(x, _clean_tensors(clean), (draws.index, draws.valid), current)
         state.update(new)
         return records
+
+
+def _stack_parts(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The victims' ``(L_m, gradient)`` pairs as the losses ``[M]`` and the gradient summed in victim order."""
+    grad = parts[0][1]
+    for _, victim_grad in parts[1:]:
+        grad = grad + victim_grad
+    return torch.stack([loss for loss, _ in parts]), grad
 
 
 def _clean_tensors(clean: _CleanPass) -> dict[str, Any]:
