@@ -211,6 +211,9 @@ def test_label_conditions_follow_create_labels(arch):
     assert torch.equal(all_t.cond[0], c_org)
     assert torch.equal(all_t.cond[1:], stargan_targets(c_org, STARGAN_ATTRS))
     assert torch.equal(victim.targets(attrs40, "train").cond, c_org[None])
+    # the label columns travel with the victim as a buffer that no checkpoint holds
+    assert victim.label_columns.tolist() == attr_indices(STARGAN_ATTRS)
+    assert not any("label_columns" in key for key in victim.state_dict())
 
 
 def test_attgan_conditions_follow_official_vectors():

@@ -164,6 +164,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown target mode {mode!r}; expected one of {list(MODES)}")
 
 
+def _register_label_columns(victim: nn.Module, columns: list[int]) -> None:
+    """The CelebA columns of the victim's labels as a non-persistent buffer (it follows the victim to its device),
+    so that picking them from ``attrs40`` on that device copies no index from the host (a sync on CUDA) per call."""
+    victim.register_buffer("label_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+
+
 def _check_label_width(arch: str, attrs: Sequence[str], width: int, what: str) -> None:
     if len(attrs) != width:
         raise ValueError(
@@ -175,15 +181,16 @@ class _LabelVictim(Victim):
     """StarGAN / AttentionGAN: condition = CelebA labels of ``attrs``; targets follow ``create_labels``."""
 
     def __init__(self, generator: nn.Module, *, name: str, attrs: Sequence[str], image_size: int) -> None:
-        attr_indices(list(attrs))  # unknown names raise KeyError here, not at the first batch
+        columns = attr_indices(list(attrs))  # unknown names raise KeyError here, not at the first batch
         _check_label_width(self.arch, attrs, generator.c_dim, "c_dim")
         super().__init__(generator, name=name, attrs=attrs, image_size=image_size)
+        _register_label_columns(self, columns)
 
     def _target_names(self, mode: str) -> list[str]:
         return [RECON] + (self.attrs if mode == "all" else [])
 
     def _conditions(self, attrs40: Tensor, mode: str) -> Tensor:
-        c_org = attrs40[:, attr_indices(self.attrs)]
+        c_org = attrs40.index_select(1, self.label_columns.to(attrs40.device))
         if mode == "train":
             return c_org.unsqueeze(0)
         return torch.cat([c_org.unsqueeze(0), stargan_targets(c_org, self.attrs)])
@@ -240,11 +247,12 @@ class AttGANVictim(Victim):
 
     def __init__(self, generator: AttGANGenerator, *, name: str, attrs: Sequence[str], image_size: int,
                  thres_int: float, test_int: float) -> None:
-        attr_indices(list(attrs))
+        columns = attr_indices(list(attrs))
         _check_label_width(self.arch, attrs, generator.n_attrs, "n_attrs")
         if thres_int <= 0:
             raise ValueError(f"attgan victim: thres_int must be > 0, got {thres_int}")
         super().__init__(generator, name=name, attrs=attrs, image_size=image_size)
+        _register_label_columns(self, columns)
         self.thres_int = float(thres_int)
         self.test_int = float(test_int)
 
@@ -252,7 +260,7 @@ class AttGANVictim(Victim):
         return [RECON] + (self.attrs if mode == "all" else [])
 
     def _conditions(self, attrs40: Tensor, mode: str) -> Tensor:
-        att_a = attrs40[:, attr_indices(self.attrs)]
+        att_a = attrs40.index_select(1, self.label_columns.to(attrs40.device))
         if mode == "train":
             return ((att_a * 2 - 1) * self.thres_int).unsqueeze(0)
         return attgan_targets(att_a, self.attrs, thres_int=self.thres_int, test_int=self.test_int)
