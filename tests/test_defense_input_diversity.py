@@ -36,8 +36,7 @@ def test_gather_equals_release_ops_for_every_size_and_some_offsets(size):
         for top, left in {(0, 0), (rem - 1, 0), (0, rem - 1), (rem // 2, (rem - 1) // 3)}:
             rows, row_ok = _axis_table(size, r, top, rng.pad)
             cols, col_ok = _axis_table(size, r, left, rng.pad)
-            index = torch.tensor([rows, cols])
-            valid = torch.tensor([row_ok, col_ok], dtype=torch.float32)
+            index, valid = torch.stack([rows, cols]), torch.stack([row_ok, col_ok])
             assert torch.equal(apply_diversity(x, index, valid), diversity_reference(x, r, top, left, rng.pad))
 
 
@@ -45,8 +44,7 @@ def test_gradient_matches_release_ops():
     rng = diversity_range(32)
     rows, row_ok = _axis_table(32, 34, 1, rng.pad)
     cols, col_ok = _axis_table(32, 34, 0, rng.pad)
-    index = torch.tensor([rows, cols])
-    valid = torch.tensor([row_ok, col_ok], dtype=torch.float32)
+    index, valid = torch.stack([rows, cols]), torch.stack([row_ok, col_ok])
     weight = torch.randn(1, 3, 32, 32)
     grads = []
     for fn in (lambda x: apply_diversity(x, index, valid), lambda x: diversity_reference(x, 34, 1, 0, rng.pad)):

@@ -58,15 +58,14 @@ def diversity_range(size: int, low: int | None = None, high: int | None = None,
 
 
 @lru_cache(maxsize=4096)
-def _axis_table(size: int, r: int, offset: int, pad: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """Source index and validity of each output position along one axis (computed with torch's own ops)."""
+def _axis_table(size: int, r: int, offset: int, pad: int) -> tuple[Tensor, Tensor]:
+    """Source index (long) and validity (float in {0,1}) ``[size]`` of each output position along one axis,
+    computed with torch's own ops. Cached and shared: read them, never write into them."""
     src = torch.arange(size, dtype=torch.float64).view(1, 1, size)
     resized = F.interpolate(src, size=r, mode="nearest")                        # [1,1,r]
     padded = F.pad(resized + 1.0, (offset, pad - r - offset), value=0.0)       # 0 marks padding
     back = F.interpolate(padded, size=size, mode="nearest").view(size)          # [size]
-    index = (back - 1.0).clamp_min(0.0).long().tolist()
-    valid = (back > 0.0).tolist()
-    return tuple(index), tuple(valid)
+    return (back - 1.0).clamp_min(0.0).long(), (back > 0.0).float()
 
 
 @dataclass
@@ -86,25 +85,16 @@ class DiversityDraw:
 def sample_diversity(count: int, rng: DiversityRange, prob: float, generator: torch.Generator) -> DiversityDraw:
     """Draw ``count`` DI transforms on the CPU (like the release: size, offsets, then the coin)."""
     size = rng.size
-    identity = list(range(size))
-    index = torch.empty(count, 2, size, dtype=torch.long)
+    index = torch.arange(size).repeat(count, 2, 1)   # the identity where the coin says no
     valid = torch.ones(count, 2, size)
     for k in range(count):
         r = int(torch.randint(rng.low, rng.high + 1, (1,), generator=generator))
         rem = rng.pad - r
         top = int(torch.randint(0, rem, (1,), generator=generator))
         left = int(torch.randint(0, rem, (1,), generator=generator))
-        applied = float(torch.rand((), generator=generator)) < prob
-        if applied:
-            rows, row_ok = _axis_table(size, r, top, rng.pad)
-            cols, col_ok = _axis_table(size, r, left, rng.pad)
-            index[k, 0] = torch.tensor(rows)
-            index[k, 1] = torch.tensor(cols)
-            valid[k, 0] = torch.tensor(row_ok, dtype=torch.float32)
-            valid[k, 1] = torch.tensor(col_ok, dtype=torch.float32)
-        else:
-            index[k, 0] = torch.tensor(identity)
-            index[k, 1] = torch.tensor(identity)
+        if float(torch.rand((), generator=generator)) < prob:
+            for axis, offset in enumerate((top, left)):
+                index[k, axis], valid[k, axis] = _axis_table(size, r, offset, rng.pad)
     return DiversityDraw(index, valid)
 
 
