@@ -37,6 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from tsdf_pipeline.defense import interruption
 from tsdf_pipeline.defense.feature_contrast import enhance_feature_contrast
 from tsdf_pipeline.defense.input_diversity import diversity_range, diversity_reference
 from tsdf_pipeline.defense.interruption import InterruptionConfig, _Stage1, run_interruption
@@ -136,8 +137,6 @@ def _peak(device: torch.device) -> str:
 def first_epoch_breakdown(device: torch.device):
     """Time (device-synchronised) what a run does besides its steady steps: the clean passes, loading or building
     the AOT artifacts, and the CUDA-graph warm-up + capture; yields the dict of seconds it fills."""
-    from tsdf_pipeline.defense import interruption
-
     spent: dict[str, float] = {"clean passes": 0.0, "AOT load/build": 0.0,
                                "graph warm-up + capture (AOT load/build included)": 0.0}
     patched = [(interruption._Stage1, "clean_pass", "clean passes"),
@@ -255,14 +254,10 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark  # as run_interruption sets it on CUDA
     if args.no_cudnn_benchmark:
-        from tsdf_pipeline.defense import interruption
-
         interruption.cudnn_autotune = lambda device: contextlib.nullcontext()
     if args.cudnn_benchmark_limit is not None:
         torch.backends.cudnn.benchmark_limit = args.cudnn_benchmark_limit
     if args.no_early_import:
-        from tsdf_pipeline.defense import interruption
-
         interruption.import_runtime_in_background = lambda: None
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

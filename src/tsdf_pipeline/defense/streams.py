@@ -3,10 +3,10 @@
 At batch 8 one victim's kernels can leave part of a GPU idle (small convolutions, memory-bound norms, the tail of
 each kernel); the victims of an ensemble do not depend on each other until their losses or gradients are summed, so
 each can run on a stream of its own (stage 1 on an H200: epochs 3-5 % shorter with the steps compiled ahead of time,
-14 % with eager kernels; benchmarks/README.md). Inside a CUDA-graph capture the streams become parallel branches of the graph. The work is forked from the
-caller's current stream and joined back into it, so the results are ordered as if run one after another; on other
-devices (or with one victim) it runs in order on the current stream. Autograd runs a backward on the stream of its
-forward, so a graph built on a victim's stream is differentiated there too.
+14 % with eager kernels; benchmarks/README.md). Inside a CUDA-graph capture the streams become parallel branches of
+the graph. The work is forked from the caller's current stream and joined back into it, so the results are ordered
+as if run one after another; on other devices (or with one victim) it runs in order on the current stream. Autograd
+runs a backward on the stream of its forward, so a graph built on a victim's stream is differentiated there too.
 """
 
 from __future__ import annotations
