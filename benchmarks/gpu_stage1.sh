@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
-# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: one process builds the
-# artifacts for the victims side by side on CUDA streams, a second those for one stream, then fresh processes load
-# them for whole 30-epoch runs, alternating, and once with cuDNN's autotuning limited); then Inductor's runtime
-# imported late, the default path's steady state with and without streams and its whole run, an eager kernel
-# profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and
-# a warm Inductor cache. About 7 min up to the AOT runs (H200), 9 min more for the rest.
+# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: two processes at once
+# build the artifacts for the victims side by side on CUDA streams and those for one stream, then fresh processes
+# load them for whole 30-epoch runs, alternating: prefetched on a thread or loaded at their first call, per-victim
+# or joint artifacts; once with cuDNN's autotuning limited); then Inductor's runtime imported late, the default
+# path's steady state with and without streams and its whole run, an eager kernel profile with the release-style
+# fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and a warm Inductor cache. About
+# 8 min up to the AOT runs (estimated for an H200), 9 min more for the rest.
 # SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
 # (where the first epoch's time goes); AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
 # Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
@@ -34,19 +35,25 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
    tests/test_cuda_graphs.py 2>&1 | tail -3 > "$OUT/tests.txt") &
 TESTS=$!
 {
-  AOT=$(mktemp -d)
-  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch; the CUDA tests run beside it)"
+  AOT=$(mktemp -d); AOT1=$(mktemp -d)
+  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in two processes at once: for the"
+  echo "## victims side by side on CUDA streams (an end-to-end artifact each, the default) and for one stream (one"
+  echo "## end-to-end artifact for all: victim_streams false); the CUDA tests run beside them"
+  PYTHONPATH=src bench 300 --aot-cache "$AOT1" --full-epochs 1 --only-full-run --no-victim-streams \
+    > "$OUT/build_one_stream.txt" 2>&1 &
+  BUILD1=$!
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
+  while kill -0 $BUILD1 2>/dev/null; do sleep 1; done
+  echo "## the one-stream build:"; grep -v DEBUG "$OUT/build_one_stream.txt" | tail -4
   while kill -0 $TESTS 2>/dev/null; do sleep 1; done; echo "## CUDA tests:"; cat "$OUT/tests.txt"
-  echo "## the same for the victims on one stream (victim_streams: false): one end-to-end artifact for all victims"
-  PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --no-victim-streams
-  echo "## AOT-compiled steps + CUDA graphs, whole 30-epoch runs loading them (fresh processes), alternating: the"
-  echo "## victims side by side (an artifact each, the default), then on one stream (one artifact for all)"
+  echo "## whole 30-epoch runs loading the artifacts (fresh processes), alternating: streams with the artifacts loaded"
+  echo "## on a thread from the start (the default), the same loading each at its first call, one stream (prefetched)"
   for _ in 1 2; do
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
-    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-victim-streams
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-aot-prefetch
+    PYTHONPATH=src bench 90 --aot-cache "$AOT1" --full-epochs 30 --only-full-run --no-victim-streams
   done
-  echo "## side by side, cuDNN's autotuning limited to 3 algorithms per convolution"
+  echo "## the default, cuDNN's autotuning limited to 3 algorithms per convolution"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --cudnn-benchmark-limit 3
   if [ "${PYPROFILE:-0}" = 1 ]; then
     echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"

@@ -103,3 +103,7 @@ def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool,
     agree = (eager.w == compiled.w).float().mean().item()
     assert agree > (0.99 if not amp else 0.9), f"only {agree:.4f} of w agrees"
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-3 if amp else 1e-4)
+    # A second run loads the artifacts on the prefetch thread (their saved tensors copied to the GPU there).
+    loaded = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
+    agree = (loaded.w == compiled.w).float().mean().item()
+    assert agree > 0.99, f"only {agree:.4f} of w agrees between the building and the loading run"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import sys
 
 import pytest
@@ -10,19 +12,19 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from tests.test_defense_interruption import data, standins
-from tsdf_pipeline.defense.aot_compile import AotCompiledFunction
+from tsdf_pipeline.defense.aot_compile import AotCompiledFunction, prefetch
 from tsdf_pipeline.defense.interruption import InterruptionConfig, run_interruption
 
 
-def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp_path, monkeypatch):
+def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp_path, monkeypatch, caplog):
     x, attrs = data(4)
     base = dict(epochs=2, batch_size=2, device="cpu", progress=False, seed=3)
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
     config = InterruptionConfig(**base, aot_cache_dir=str(tmp_path / "aot"))
     compiled = run_interruption(standins(), x, attrs, config)
     files = sorted((tmp_path / "aot").iterdir())
-    # the feature step and each victim's end-to-end part: artifact, lifted weights, output structure
-    assert sorted("".join(p.suffixes) for p in files) == sorted([".bin", ".constants.pt", ".json"] * 3)
+    # the feature step and each victim's end-to-end part: artifact, lifted weights, output structure, index
+    assert sorted("".join(p.suffixes) for p in files) == sorted([".bin", ".constants.pt", ".json", ".index.json"] * 3)
     # Inductor may reorder float sums; a sign step flips only where a gradient is ~0.
     assert (eager.w == compiled.w).float().mean().item() > 0.99
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
@@ -31,8 +33,16 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
         raise AssertionError("the artifact of the first run should have been loaded, not rebuilt")
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
-    again = run_interruption(standins(), x, attrs, config)
+    with caplog.at_level(logging.INFO, logger="tsdf_pipeline.defense.aot_compile"):
+        again = run_interruption(standins(), x, attrs, config)
     assert torch.equal(again.w, compiled.w) and again.history == compiled.history
+    loads = [r.threadName for r in caplog.records if " loaded in " in r.getMessage()]
+    assert loads == ["aot-prefetch"] * 3  # all three loaded beside the first clean pass, none again later
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tsdf_pipeline.defense.aot_compile"):
+        unprefetched = run_interruption(standins(), x, attrs, dataclasses.replace(config, aot_prefetch=False))
+    assert [r.threadName for r in caplog.records if " loaded in " in r.getMessage()] == ["MainThread"] * 3
+    assert torch.equal(unprefetched.w, compiled.w)
     other_seed = run_interruption(standins(), x, attrs, dataclasses.replace(config, seed=4))  # same artifact
     assert not torch.equal(other_seed.w, compiled.w)
     # Other weights of the same shapes: the same artifact (nothing is rebuilt), run with these weights.
@@ -55,7 +65,8 @@ def test_aot_stage1_on_one_stream_compiles_all_victims_end_to_end_parts_into_one
     base = dict(epochs=2, batch_size=2, device="cpu", progress=False, seed=3, victim_streams=False)
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base))
     compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
-    assert sorted("".join(p.suffixes) for p in tmp_path.iterdir()) == sorted([".bin", ".constants.pt", ".json"] * 2)
+    assert sorted("".join(p.suffixes) for p in tmp_path.iterdir() if p.is_file()) == sorted(
+        [".bin", ".constants.pt", ".json", ".index.json"] * 2)
     assert (eager.w == compiled.w).float().mean().item() > 0.99
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-4)
     per_victim = run_interruption(standins(), x, attrs, InterruptionConfig(
@@ -103,7 +114,54 @@ def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_f
     assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight})(a)[0],
                        torch.tensor([20.0, 21.0, 22.0]))
     with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
-        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")))
+        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")),
+                                                                       torch.device("cpu"))
+
+
+def test_prefetch_loads_the_indexed_artifacts_on_a_thread_and_the_calls_use_them(tmp_path, monkeypatch, caplog):
+    offset = torch.tensor([0.5])
+
+    def fn(a):
+        return (a * 2 + offset,)  # `offset`: a saved tensor, restored from the CPU file
+
+    small, large = torch.ones(2), torch.ones(3, 4)
+    AotCompiledFunction(fn, tmp_path, key="k")(small)
+    AotCompiledFunction(fn, tmp_path, key="k")(large)  # another input signature: another artifact, indexed too
+    index = AotCompiledFunction(fn, tmp_path, key="k").index_path(torch.device("cpu"))
+    assert len(json.loads(index.read_text())) == 2
+    assert AotCompiledFunction(fn, tmp_path, key="other").index_path(torch.device("cpu")) != index
+
+    fresh = AotCompiledFunction(fn, tmp_path, key="k")
+    prefetch([fresh], torch.device("cpu"))
+    fresh._prefetch.join()
+    assert len(fresh.compiled) == 2
+
+    def no_load(*_args, **_kwargs):
+        raise AssertionError("the prefetched artifact should have been used, not loaded or built again")
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_load)
+    monkeypatch.setattr(AotCompiledFunction, "_load", no_load)
+    assert torch.equal(fresh(small)[0], small * 2.5) and torch.equal(fresh(large)[0], large * 2.5)
+    monkeypatch.undo()
+
+    # An indexed artifact whose files are gone is skipped (the call builds it again); a damaged index is logged
+    # and left to the calls, which name it.
+    next(tmp_path.glob("*.constants.pt")).unlink()
+    partial = AotCompiledFunction(fn, tmp_path, key="k")
+    prefetch([partial], torch.device("cpu"))
+    partial._prefetch.join()
+    assert len(partial.compiled) == 1
+    index.write_text("{not json")
+    damaged = AotCompiledFunction(fn, tmp_path, key="k")
+    with caplog.at_level(logging.WARNING, logger="tsdf_pipeline.defense.aot_compile"):
+        prefetch([damaged], torch.device("cpu"))
+        damaged._prefetch.join()
+    assert "AOT prefetch stopped" in caplog.text and index.name in caplog.text and not damaged.compiled
+    with pytest.raises(ValueError, match=rf"{index.name}: not an artifact index .* delete it"):
+        damaged(large)
+    index.unlink()  # a run indexes what it loads (artifacts built before the index existed, a deleted index)
+    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k")(large)[0], large * 2.5)
+    assert len(json.loads(index.read_text())) == 1
 
 
 def test_inductor_options_reach_inductors_config(tmp_path):

@@ -32,7 +32,9 @@ Differences from the release, none of which changes the update:
   as one function with ``victim_streams: false``) are each traced once, compiled ahead of time by Inductor and
   stored there; a later run with the same victim architectures and settings, config and shapes (any weights: they
   are the artifacts' inputs) loads them instead of tracing and compiling (``aot_compile``). One artifact per step
-  kind (and victim), not one per batch: the feature step is compiled once for all its ``inner_steps`` calls.
+  kind (and victim), not one per batch: the feature step is compiled once for all its ``inner_steps`` calls. With
+  ``aot_prefetch`` the artifacts earlier runs built are loaded on a thread from the start, beside the first clean
+  pass.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tsdf_pipeline.defense.aot_compile import AotCompiledFunction, import_runtime_in_background
+from tsdf_pipeline.defense.aot_compile import AotCompiledFunction, import_runtime_in_background, prefetch
 from tsdf_pipeline.defense.cuda_graphs import GraphedFunction
 from tsdf_pipeline.defense.feature_contrast import (
     bilinear_resize,
@@ -77,7 +79,7 @@ from tsdf_pipeline.devices import resolve_device
 # Settings that do not change the result (or only its floating-point rounding); a checkpoint may be resumed
 # with other values of these.
 RUNTIME_FIELDS = ("epochs", "device", "channels_last", "compile", "cuda_graphs", "victim_streams", "checkpoint_every",
-                  "progress", "cache_clean", "aot_cache_dir", "aot_options")
+                  "progress", "cache_clean", "aot_cache_dir", "aot_options", "aot_prefetch")
 
 
 @dataclass
@@ -109,6 +111,7 @@ class InterruptionConfig(AttackSettings):
     victim_streams: bool = True  # on CUDA: the victims side by side, each on a stream of its own
     aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here
     aot_options: dict[str, Any] | None = None  # Inductor config for that compilation, e.g. {"max_autotune": true}
+    aot_prefetch: bool = True  # load the artifacts earlier runs built on a thread, beside the first clean pass
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -192,6 +195,8 @@ class _Stage1:
                         f"end_to_end/{v.name}", self._victim_end_to_end_tensor(m), [v])
             else:  # one artifact for all victims: fewer kernels to load (identical ones are shared)
                 self.aot["end_to_end"] = self._aot_function("end_to_end", self._end_to_end_tensor_parts, victims)
+            if config.aot_prefetch:
+                prefetch(list(self.aot.values()), device)
         # The batch step over tensors only, replayed as a CUDA graph (None: launched eagerly).
         self.tensor_step: Callable[..., Any] | None = None
         if config.cuda_graphs and device.type == "cuda":
@@ -470,4 +475,6 @@ def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor,
             fingerprint=config_fingerprint(config, RUNTIME_FIELDS, [v.name for v in victims], images.shape),
             checkpoint_path=checkpoint_path, resume=resume, callback=callback,
         )
+    for fn in (stage.aot or {}).values():  # no loading thread outlives the run (e.g. a finished run resumed)
+        fn.await_prefetch()
     return InterruptionResult(w=final.tensors["w"].detach().float().cpu(), history=final.history)
