@@ -33,6 +33,7 @@ def test_aot_stage1_matches_the_eager_loop_and_later_runs_load_its_artifacts(tmp
         raise AssertionError("the artifact of the first run should have been loaded, not rebuilt")
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="tsdf_pipeline.defense.aot_compile"):
         again = run_interruption(standins(), x, attrs, config)
     assert torch.equal(again.w, compiled.w) and again.history == compiled.history
