@@ -3,6 +3,8 @@ with the real demo faces (MTCNN must find faces), and the attacker branches' iso
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 from tests.kedro_project import PROJECT, make_project, run_project
 from tests.tiny_models import catalog_overrides, model_loading_params, save_tiny_checkpoints
-from tsdf_pipeline.pipelines.attacker_retraining.nodes import collect_and_prepare, retrain
+from tsdf_pipeline.datasets import PhotoFolderDataset
+from tsdf_pipeline.pipelines.attacker_retraining.nodes import collect_photos, prepare_attacker_data, retrain
 
 SIZE = 64
 DEMO = PROJECT / "data/01_raw/demo_celeba"
@@ -21,7 +24,7 @@ FAST = {"device": "cpu", "progress": False}
 
 def _attacker(tmp_path, branches):
     return {"branches": branches, "pool_count": 6, "fraction": 1.0, "seed": 0, "format": "png", "jpeg_quality": None,
-            "photos_dir": str(tmp_path / "photos"), "detector": "mtcnn", "score_threshold": 0.5, "margin": 0.2,
+            "detector": "mtcnn", "score_threshold": 0.5, "margin": 0.2,
             "out_size": SIZE, "batch_size": 6, "victim": "stargan", "min_crops": 2, "work_dir": str(tmp_path / "work"),
             "overrides": {"num_iters": 2, "checkpoint_every": 2, "sample_every": 0, "log_every": 1, "progress": False}}
 
@@ -66,6 +69,9 @@ def test_default_chain_end_to_end(project, monkeypatch):
     assert clean["precision"] == 1 and clean["recall"] == 1 and clean["detection_rate_before"] > 0.5
     assert set(poisoning[poisoning["kind"] == "w2_vs_w1"]["victim"]) == {"stargan", "attentiongan", "attgan", "hisd"}
 
+    photos = _latest(project, "data/03_primary/attacker_photos")  # the attacker's files: a versioned folder
+    manifest = json.loads((photos / "manifest.json").read_text())["branches"]
+    assert list(manifest) == ["clean", "noise", "tsdf", "tsdf_w2"] and len(list((photos / "tsdf").glob("*.png"))) == 6
     prep = pd.read_csv(_latest(project, "data/08_reporting/attacker_preparation.csv"))
     assert list(prep["branch"]) == ["clean", "noise", "tsdf", "tsdf_w2"] and (prep["kept"] >= 2).all()
     assert prep.set_index("branch").loc["clean", "crop_iou_mean"] == 1.0
@@ -93,7 +99,9 @@ def test_branches_differ_only_in_the_protection(tmp_path, project, monkeypatch):
     perturbations = {"noise": zero, "tsdf": {"kind": "universal", "w": torch.full((1, 3, SIZE, SIZE), 0.05)}}
     params = _attacker(tmp_path, ["clean", "noise", "tsdf"])
     registry = {"mtcnn": {"weights": None}}
-    prepared, table, _, _ = collect_and_prepare(training, perturbations, zero, params, registry)
+    photos = PhotoFolderDataset(filepath=str(tmp_path / "photos"))  # the attacker's files, as the catalog keeps them
+    photos.save(collect_photos(training, perturbations, zero, params))
+    prepared, table, _, _ = prepare_attacker_data(photos.load(), training, params, registry)
     torch.testing.assert_close(prepared["noise"]["crops"], prepared["clean"]["crops"], rtol=0, atol=0)
     assert not torch.equal(prepared["tsdf"]["crops"], prepared["clean"]["crops"])
     ensemble = [{"name": "stargan", "arch": "stargan", "checkpoint": str(tmp_path / "models/stargan/200000-G.ckpt"),
@@ -104,3 +112,10 @@ def test_branches_differ_only_in_the_protection(tmp_path, project, monkeypatch):
     # A changed protection gives the branch other crops: a new job in its own folder, not a refused resume.
     retrain({"noise": prepared["tsdf"]}, ensemble, params, _recipes())
     assert len(list((tmp_path / "work").glob("noise-*"))) == 2
+
+
+def test_photos_of_other_images_are_refused_by_id(tmp_path):
+    training = {"image_ids": ["000001.jpg", "000002.jpg"], "attrs": torch.zeros(2, 40)}
+    photos = {"clean": {"images": torch.zeros(1, 3, 8, 8), "ids": ["000009.jpg"], "protected": torch.ones(1).bool()}}
+    with pytest.raises(ValueError, match=r"branch 'clean': image ids \['000009.jpg'\] are not in the training"):
+        prepare_attacker_data(photos, training, _attacker(tmp_path, ["clean"]), {"mtcnn": {"weights": None}})

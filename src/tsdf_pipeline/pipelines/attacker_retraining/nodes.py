@@ -1,27 +1,21 @@
 """Thin Kedro nodes: the simulated attacker (collect protected photos → detect/crop → fine-tune), per branch.
 
+The photos go through the catalog (``attacker_photos``, a versioned folder of image files per branch): the data
+preparation reads the files back, as an attacker reads what they downloaded.
+
 Every branch runs the same code with the same photos, seed and hyperparameters; only the protection differs.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from tsdf_pipeline.data.attacker import (
-    PreparedSet,
-    crop_grid,
-    load_photos,
-    preparation_stats,
-    prepare_crops,
-    protect,
-    save_photos,
-)
+from tsdf_pipeline.data.attacker import PreparedSet, crop_grid, preparation_stats, prepare_crops, protect
 from tsdf_pipeline.defense.state import tensor_digest
 from tsdf_pipeline.devices import resolve_device
 from tsdf_pipeline.metrics.grids import to_uint8
@@ -53,38 +47,58 @@ def branch_protections(branches: list[str], perturbations: dict[str, Any], poiso
     return out
 
 
-def collect_and_prepare(training_set: dict[str, Any], perturbations: dict[str, Any], poisoned: dict[str, Any],
-                        params: dict[str, Any], detector_registry: dict[str, Any]
-                        ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]], dict[str, Figure]]:
-    """Protect the pool, save and reload it as the attacker's files, detect and crop faces, per branch.
-
-    Crops are stored as uint8 (they are on the 8-bit grid already): 4x smaller versioned datasets.
-    """
+def collect_photos(training_set: dict[str, Any], perturbations: dict[str, Any], poisoned: dict[str, Any],
+                   params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The attacker's photos per branch: the first ``pool_count`` images of the training subset with the branch's
+    protection on the chosen ``fraction`` of them, clamped and quantised (what ``PhotoFolderDataset`` saves as
+    files in ``format``)."""
     rows_available = len(training_set["image_ids"])
     n = min(int(params["pool_count"]), rows_available)
     if n < int(params["pool_count"]):
         log.warning("attacker pool: asked for %d photos, the training subset holds %d; using %d",
                     params["pool_count"], rows_available, n)
-    images, attrs, ids = training_set["images"][:n], training_set["attrs"][:n], training_set["image_ids"][:n]
+    images, ids = training_set["images"][:n], list(training_set["image_ids"][:n])
+    photos = {}
+    for branch, w in branch_protections(params["branches"], perturbations, poisoned).items():
+        protected, mask = protect(images, w, params.get("fraction", 1.0), seed=int(params["seed"]))
+        photos[branch] = {"images": protected, "ids": ids, "protected": mask, "format": params.get("format", "png"),
+                          "jpeg_quality": params.get("jpeg_quality")}
+    return photos
+
+
+def prepare_attacker_data(photos: dict[str, dict[str, Any]], training_set: dict[str, Any], params: dict[str, Any],
+                          detector_registry: dict[str, Any]
+                          ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]], dict[str, Figure]]:
+    """Detect and crop faces in each branch's photo files (as read back from the catalog), the attacker's data
+    preparation; labels come from the training subset, matched by image id.
+
+    Crops are stored as uint8 (they are on the 8-bit grid already): 4x smaller versioned datasets.
+    """
+    row_of = {str(image_id): i for i, image_id in enumerate(training_set["image_ids"])}
+    for branch, entry in photos.items():
+        unknown = [i for i in map(str, entry["ids"]) if i not in row_of]
+        if unknown:
+            raise ValueError(f"attacker photos, branch {branch!r}: image ids {unknown[:5]} are not in the training "
+                             "subset (photos from another ingestion?)")
     device = resolve_device(params.get("device", "cpu"))
     detector = load_detectors([params["detector"]], detector_registry, device=str(device))[params["detector"]]
     prepared, rows, figures = {}, [], {}
-    for branch, w in branch_protections(params["branches"], perturbations, poisoned).items():
-        photos, protected_mask = protect(images, w, params.get("fraction", 1.0), seed=int(params["seed"]))
-        paths = save_photos(photos, ids, Path(params["photos_dir"]) / branch, fmt=params.get("format", "png"),
-                            jpeg_quality=params.get("jpeg_quality"))
-        crops = prepare_crops(load_photos(paths), detector, score_threshold=float(params["score_threshold"]),
+    for branch, entry in photos.items():
+        ids = [str(i) for i in entry["ids"]]
+        attrs = training_set["attrs"][torch.tensor([row_of[i] for i in ids], dtype=torch.long)]
+        crops = prepare_crops(entry["images"], detector, score_threshold=float(params["score_threshold"]),
                               margin=float(params["margin"]), out_size=int(params["out_size"]),
                               batch_size=int(params.get("batch_size", 32)), device=device)
         prepared[branch] = {"crops": to_uint8(crops.crops), "attrs": attrs[crops.kept_index],
                             "kept_ids": [ids[i] for i in crops.kept_index.tolist()], "boxes": crops.boxes,
                             "windows": crops.windows, "scores": crops.scores, "kept_index": crops.kept_index,
-                            "protected": protected_mask}
+                            "protected": entry["protected"]}
         figures[f"crops_{branch}.png"] = image_figure(crop_grid(crops, n=16),
                                                       f"attacker crops, branch {branch} ({params['detector']})")
     clean = _as_prepared(prepared[CLEAN]) if CLEAN in prepared else None
     metrics: dict[str, float] = {}
     for branch, entry in prepared.items():
+        n = len(photos[branch]["ids"])
         stats = preparation_stats(_as_prepared(entry), clean or _as_prepared(entry), n)
         rows.append({"branch": branch, **stats})
         metrics |= {f"{branch}.{k}": v for k, v in stats.items()}
