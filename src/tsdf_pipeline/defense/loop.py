@@ -57,8 +57,9 @@ def run_loop(images: Tensor, attrs40: Tensor, tensors: dict[str, Tensor], *, set
 
     ``images`` ``[N,3,H,W]`` and ``attrs40`` ``[N,40]`` are already on the run's device. ``tensors`` is the
     initial state; when ``resume`` and ``checkpoint_path`` exists, the saved state replaces it (the
-    ``fingerprint`` must match the saved one). ``start_epoch(e)`` is called before the first batch run in epoch
-    ``e`` (also when resuming mid-epoch), e.g. to draw the epoch's random plan.
+    ``fingerprint`` must match the saved one). ``start_epoch(e)`` is called once before the first batch run in
+    epoch ``e`` (also when resuming mid-epoch), e.g. to draw the epoch's random plan; for ``e > 0`` already before
+    epoch ``e - 1``'s records are read and its checkpoint written (it must not depend on them).
     """
     n = images.shape[0]
     if n == 0:
@@ -90,9 +91,10 @@ def run_loop(images: Tensor, attrs40: Tensor, tensors: dict[str, Tensor], *, set
             if callback is not None:
                 callback(rec["step"], {k: float(v) for k, v in rec.items() if k != "step"})
 
+    planned = -1  # the epoch start_epoch last ran for
     with tqdm(total=total, initial=done, desc=settings.method, disable=not settings.progress) as bar:
         while state.epoch < settings.epochs:
-            if start_epoch is not None:
+            if start_epoch is not None and planned != state.epoch:
                 start_epoch(state.epoch)
             for b in range(state.batch, n_batches):
                 sl = slice(b * settings.batch_size, min((b + 1) * settings.batch_size, n))
@@ -105,6 +107,11 @@ def run_loop(images: Tensor, attrs40: Tensor, tensors: dict[str, Tensor], *, set
                     checkpoint()
             state.epoch += 1
             state.batch = 0
+            if start_epoch is not None and state.epoch < settings.epochs:
+                # The next epoch's host work (drawing its plan) while the device still runs this one's batches;
+                # the flush below waits for the device.
+                start_epoch(state.epoch)
+                planned = state.epoch
             flush()
             checkpoint()
     return state
