@@ -8,11 +8,11 @@
 # fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and a warm Inductor cache. About
 # 8 min up to the AOT runs (estimated for an H200), 9 min more for the rest.
 # SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
-# (where the first epoch's time goes); AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
-# Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
-# that code's steady state on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host
-# profiler (about 60 s more).
-#   SKIP_REST=1 PYPROFILE=1 bash benchmarks/gpu_stage1.sh
+# (where the first epoch's time goes); STAGE2=1 adds stage 2's poisoning step at paper size (about 1 min);
+# AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those Inductor settings (a longer build) and a whole
+# run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for
+# A/B; PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
+#   SKIP_REST=1 PYPROFILE=1 STAGE2=1 bash benchmarks/gpu_stage1.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
 # The GPU image's Python writes no bytecode cache (session 19 on an H100: a process still compiled ~2,400 modules
@@ -58,6 +58,11 @@ TESTS=$!
   if [ "${PYPROFILE:-0}" = 1 ]; then
     echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 2 --only-full-run --python-profile 30
+  fi
+  if [ "${STAGE2:-0}" = 1 ]; then
+    echo "## stage 2: one poisoning call (clean reference + 50 Adam steps) against S3FD, DSFD and RetinaFace"
+    echo "## (random weights of the official architectures), 256 px, batch 8"
+    PYTHONPATH=src timeout 150 python3 benchmarks/stage2_speed.py --device cuda --size 256 --batch 8 --steps 50
   fi
   if [ -n "${AOT_OPTIONS:-}" ]; then
     AOT2=$(mktemp -d)
