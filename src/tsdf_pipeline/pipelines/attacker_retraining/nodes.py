@@ -75,8 +75,9 @@ def prepare_attacker_data(photos: dict[str, dict[str, Any]], training_set: dict[
     Crops are stored as uint8 (they are on the 8-bit grid already): 4x smaller versioned datasets.
     """
     row_of = {str(image_id): i for i, image_id in enumerate(training_set["image_ids"])}
-    for branch, entry in photos.items():
-        unknown = [i for i in map(str, entry["ids"]) if i not in row_of]
+    ids_of = {branch: [str(i) for i in entry["ids"]] for branch, entry in photos.items()}
+    for branch, ids in ids_of.items():
+        unknown = [i for i in ids if i not in row_of]
         if unknown:
             raise ValueError(f"attacker photos, branch {branch!r}: image ids {unknown[:5]} are not in the training "
                              "subset (photos from another ingestion?)")
@@ -84,7 +85,7 @@ def prepare_attacker_data(photos: dict[str, dict[str, Any]], training_set: dict[
     detector = load_detectors([params["detector"]], detector_registry, device=str(device))[params["detector"]]
     prepared, rows, figures = {}, [], {}
     for branch, entry in photos.items():
-        ids = [str(i) for i in entry["ids"]]
+        ids = ids_of[branch]
         attrs = training_set["attrs"][torch.tensor([row_of[i] for i in ids], dtype=torch.long)]
         crops = prepare_crops(entry["images"], detector, score_threshold=float(params["score_threshold"]),
                               margin=float(params["margin"]), out_size=int(params["out_size"]),
@@ -98,7 +99,7 @@ def prepare_attacker_data(photos: dict[str, dict[str, Any]], training_set: dict[
     clean = _as_prepared(prepared[CLEAN]) if CLEAN in prepared else None
     metrics: dict[str, float] = {}
     for branch, entry in prepared.items():
-        n = len(photos[branch]["ids"])
+        n = len(ids_of[branch])
         stats = preparation_stats(_as_prepared(entry), clean or _as_prepared(entry), n)
         rows.append({"branch": branch, **stats})
         metrics |= {f"{branch}.{k}": v for k, v in stats.items()}
