@@ -9,6 +9,7 @@
 # 8 min up to the AOT runs (estimated for an H200), 9 min more for the rest.
 # SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
 # (where the first epoch's time goes); STAGE2=1 adds stage 2's poisoning step at paper size (about 1 min);
+# EVAL_FID=1 the evaluation at paper size with LPIPS and FID (not estimated: never timed on a GPU);
 # AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those Inductor settings (a longer build) and a whole
 # run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for
 # A/B; PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
@@ -63,6 +64,11 @@ TESTS=$!
     echo "## stage 2: one poisoning call (clean reference + 50 Adam steps) against S3FD, DSFD and RetinaFace"
     echo "## (random weights of the official architectures), 256 px, batch 8"
     PYTHONPATH=src timeout 150 python3 benchmarks/stage2_speed.py --device cuda --size 256 --batch 8 --steps 50
+  fi
+  if [ "${EVAL_FID:-0}" = 1 ]; then
+    echo "## the evaluation at paper size with LPIPS and FID (random-init backbones), one batch of 8, timed twice"
+    PYTHONPATH=src timeout 300 python3 benchmarks/baselines_speed.py --config paper --device cuda --only evaluation \
+      --perceptual --eval-batch 8
   fi
   if [ -n "${AOT_OPTIONS:-}" ]; then
     AOT2=$(mktemp -d)
