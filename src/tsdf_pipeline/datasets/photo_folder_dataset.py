@@ -12,6 +12,7 @@ A version is written into a temporary folder beside it and renamed into place wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -73,6 +74,8 @@ class PhotoFolderDataset(AbstractVersionedDataset[dict[str, dict[str, Any]], dic
             tmp.rename(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the version's folder, if nothing else is in it
+                folder.parent.rmdir()
             raise
 
     def _load(self) -> dict[str, dict[str, Any]]:
