@@ -56,14 +56,14 @@ TESTS=$!
   done
   echo "## the default, cuDNN's autotuning limited to 3 algorithms per convolution"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --cudnn-benchmark-limit 3
-  if [ "${PYPROFILE:-0}" = 1 ]; then
-    echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"
-    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 2 --only-full-run --python-profile 30
-  fi
   if [ "${STAGE2:-0}" = 1 ]; then
     echo "## stage 2: one poisoning call (clean reference + 50 Adam steps) against S3FD, DSFD and RetinaFace"
     echo "## (random weights of the official architectures), 256 px, batch 8"
     PYTHONPATH=src timeout 150 python3 benchmarks/stage2_speed.py --device cuda --size 256 --batch 8 --steps 50
+  fi
+  if [ "${PYPROFILE:-0}" = 1 ]; then
+    echo "## 2 epochs loading the artifacts under cProfile: where the first epoch goes"
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 2 --only-full-run --python-profile 30
   fi
   if [ "${EVAL_FID:-0}" = 1 ]; then
     echo "## the evaluation at paper size with LPIPS and FID (random-init backbones), one batch of 8, timed twice"
