@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
-# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: two processes at once
-# build the artifacts for the victims side by side on CUDA streams and those for one stream, then fresh processes
-# load them for whole 30-epoch runs, alternating: prefetched on a thread or loaded at their first call, per-victim
-# or joint artifacts; once with cuDNN's autotuning limited); then Inductor's runtime imported late, the default
-# path's steady state with and without streams and its whole run, an eager kernel profile with the release-style
-# fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and a warm Inductor cache. About
-# 8 min up to the AOT runs (estimated for an H200), 9 min more for the rest.
+# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: three processes at
+# once build the artifacts for the victims side by side on CUDA streams, those for one stream and those with
+# Inductor's C++ wrapper, then fresh processes load them for whole 30-epoch runs, alternating: prefetched on a thread
+# or loaded at their first call, Python or C++ wrapper; once joint artifacts, once with cuDNN's autotuning limited);
+# then Inductor's runtime imported late, the default path's steady state with and without streams and its whole
+# run, an eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with
+# an empty (cold) and a warm Inductor cache. About 8 min up to the AOT runs (estimated for an H200), 9 min more for
+# the rest.
 # SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
 # (where the first epoch's time goes); STAGE2=1 adds stage 2's poisoning step at paper size (about 1 min);
 # EVAL_FID=1 the evaluation at paper size with LPIPS and FID (not estimated: never timed on a GPU);
@@ -36,24 +37,32 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
    tests/test_cuda_graphs.py 2>&1 | tail -3 > "$OUT/tests.txt") &
 TESTS=$!
 {
-  AOT=$(mktemp -d); AOT1=$(mktemp -d)
-  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in two processes at once: for the"
-  echo "## victims side by side on CUDA streams (an end-to-end artifact each, the default) and for one stream (one"
-  echo "## end-to-end artifact for all: victim_streams false); the CUDA tests run beside them"
+  AOT=$(mktemp -d); AOT1=$(mktemp -d); AOTC=$(mktemp -d)
+  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in three processes at once: for the"
+  echo "## victims side by side on CUDA streams (an end-to-end artifact each, the default), for one stream (one"
+  echo "## end-to-end artifact for all: victim_streams false) and with Inductor's C++ wrapper (aot_options"
+  echo "## cpp_wrapper: no Python launcher per kernel to rebuild on loading); the CUDA tests run beside them"
   PYTHONPATH=src bench 300 --aot-cache "$AOT1" --full-epochs 1 --only-full-run --no-victim-streams \
     > "$OUT/build_one_stream.txt" 2>&1 &
   BUILD1=$!
+  PYTHONPATH=src bench 360 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 1 --only-full-run \
+    > "$OUT/build_cpp_wrapper.txt" 2>&1 &
+  BUILDC=$!
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
   while kill -0 $BUILD1 2>/dev/null; do sleep 1; done
   echo "## the one-stream build:"; grep -v DEBUG "$OUT/build_one_stream.txt" | tail -4
   while kill -0 $TESTS 2>/dev/null; do sleep 1; done; echo "## CUDA tests:"; cat "$OUT/tests.txt"
+  while kill -0 $BUILDC 2>/dev/null; do sleep 1; done
+  echo "## the C++-wrapper build:"; grep -v DEBUG "$OUT/build_cpp_wrapper.txt" | tail -4
   echo "## whole 30-epoch runs loading the artifacts (fresh processes), alternating: streams with the artifacts loaded"
-  echo "## on a thread from the start (the default), the same loading each at its first call, one stream (prefetched)"
+  echo "## on a thread from the start (the default), the same loading each at its first call, Inductor's C++ wrapper"
+  echo "## (prefetched), one stream (prefetched; once)"
   for _ in 1 2; do
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-aot-prefetch
-    PYTHONPATH=src bench 90 --aot-cache "$AOT1" --full-epochs 30 --only-full-run --no-victim-streams
+    PYTHONPATH=src bench 90 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 30 --only-full-run
   done
+  PYTHONPATH=src bench 90 --aot-cache "$AOT1" --full-epochs 30 --only-full-run --no-victim-streams
   echo "## the default, cuDNN's autotuning limited to 3 algorithms per convolution"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --cudnn-benchmark-limit 3
   if [ "${STAGE2:-0}" = 1 ]; then

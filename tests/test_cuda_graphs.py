@@ -90,20 +90,22 @@ def test_graphed_stage1_matches_the_eager_loop():
 
 
 @needs_cuda
-@pytest.mark.parametrize(("amp", "streams"), [(False, True), (True, True), (True, False)])
-def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool, streams: bool):
-    """AOT-compiled steps (Inductor standalone artifacts: per victim on its stream, or one for all) + graph replay
-    (channels-last, bf16 when ``amp``) against eager launches."""
+@pytest.mark.parametrize(("amp", "streams", "options"), [(False, True, None), (True, True, None), (True, False, None),
+                                                     (True, True, {"cpp_wrapper": True})])
+def test_aot_compiled_graphed_stage1_matches_the_eager_loop(tmp_path, amp: bool, streams: bool, options):
+    """AOT-compiled steps (Inductor standalone artifacts: per victim on its stream, or one for all; Python or C++
+    wrapper) + graph replay (channels-last, bf16 when ``amp``) against eager launches."""
     from tests.test_defense_interruption import data, standins
 
     x, attrs = data(6)
     base = dict(epochs=2, batch_size=3, device="cuda", amp=amp, progress=False, seed=3, victim_streams=streams)
     eager = run_interruption(standins(), x, attrs, InterruptionConfig(**base, cuda_graphs=False))
-    compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
+    aot = dict(aot_cache_dir=str(tmp_path), aot_options=options)
+    compiled = run_interruption(standins(), x, attrs, InterruptionConfig(**base, **aot))
     agree = (eager.w == compiled.w).float().mean().item()
     assert agree > (0.99 if not amp else 0.9), f"only {agree:.4f} of w agrees"
     assert eager.history[-1]["e2e/loss"] == pytest.approx(compiled.history[-1]["e2e/loss"], rel=1e-3 if amp else 1e-4)
     # A second run loads the artifacts on the prefetch thread (their saved tensors copied to the GPU there).
-    loaded = run_interruption(standins(), x, attrs, InterruptionConfig(**base, aot_cache_dir=str(tmp_path)))
+    loaded = run_interruption(standins(), x, attrs, InterruptionConfig(**base, **aot))
     agree = (loaded.w == compiled.w).float().mean().item()
     assert agree > 0.99, f"only {agree:.4f} of w agrees between the building and the loading run"

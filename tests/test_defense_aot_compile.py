@@ -96,14 +96,17 @@ def test_artifact_names_cover_key_live_signatures_and_input_signature(tmp_path):
     assert path != fn.artifact_path([torch.zeros(3, 2).t()], spec)  # same shape, other strides
 
 
-def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_file(tmp_path, monkeypatch):
+# cpp_wrapper: Inductor's C++ wrapper in place of the Python one (a C++ extension compiled with the artifact), whose
+# lifted inputs need their fake values in the traced graph.
+@pytest.mark.parametrize("options", [None, {"cpp_wrapper": True}], ids=["python-wrapper", "cpp-wrapper"])
+def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_file(tmp_path, monkeypatch, options):
     weight = torch.ones(3)
 
     def fn(a):
         return (a * weight + torch.tensor([0.0, 1.0, 2.0]),)  # `weight` is live; the other tensor: saved
 
     a = torch.full((3,), 2.0)
-    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight})(a)[0],
+    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight}, options=options)(a)[0],
                        torch.tensor([2.0, 3.0, 4.0]))
     assert len(torch.load(next(tmp_path.glob("*.constants.pt")), weights_only=True)) == 1  # the other tensor only
     weight.mul_(10.0)  # new values in place: the same artifact, loaded by a new process (a new function here)
@@ -112,10 +115,10 @@ def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_f
         raise AssertionError("the artifact should have been loaded, not rebuilt")
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
-    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight})(a)[0],
+    assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight}, options=options)(a)[0],
                        torch.tensor([20.0, 21.0, 22.0]))
     with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
-        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight})._load(next(tmp_path.glob("*.bin")),
+        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight}, options=options)._load(next(tmp_path.glob("*.bin")),
                                                                        torch.device("cpu"))
 
 

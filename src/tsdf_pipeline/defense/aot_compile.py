@@ -299,6 +299,7 @@ def _lift_constants(traced: fx.GraphModule) -> list[Tensor]:
         if node.target not in lifted:
             with graph.inserting_after(last_input):
                 last_input = lifted[node.target] = graph.placeholder(f"constant_{len(constants)}")
+            last_input.meta.update(node.meta)  # its fake value: Inductor's cpp_wrapper reads inputs from it
             constants.append(getattr(traced, node.target).detach())
         node.replace_all_uses_with(lifted[node.target])
         graph.erase_node(node)
