@@ -296,12 +296,12 @@ def main() -> None:
                  host_profile=args.host_profile, python_profile=args.python_profile, breakdown=args.breakdown)
         return
     prepared = prepare_victims(victims, device, channels_last=cfg.channels_last, compile=cfg.compile)
-    stage = _Stage1(prepared, cfg, device, size, n_batches=1)
+    stage = _Stage1(prepared, cfg, x, attrs)
     m = len(victims)
     state = {"w": torch.zeros(1, 3, size, size, device=device), "momentum": torch.zeros(1, 3, size, size,
              device=device), "ema": torch.zeros(m, device=device), "weights": torch.full((m,), 1 / m, device=device)}
-    stage.start_epoch(0)
     t0 = time.perf_counter()
+    stage.start_epoch(0)
     stage.step(0, 0, x, attrs, state)  # warm-up: clean pass, cuDNN autotune, compilation
     _sync(device)
     warm = time.perf_counter() - t0

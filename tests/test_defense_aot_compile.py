@@ -216,7 +216,7 @@ def test_the_artifact_key_covers_victim_settings_and_the_live_inputs_cover_non_p
 
     def stage(victims):
         prepared = prepare_victims(victims, torch.device("cpu"), channels_last=False, compile=False)
-        return _Stage1(prepared, InterruptionConfig(device="cpu", aot_cache_dir="unused"), torch.device("cpu"), 8, 1)
+        return _Stage1(prepared, InterruptionConfig(device="cpu", aot_cache_dir="unused"), *data(1, size=8))
 
     def with_reference(seed: int):
         victims = standins()

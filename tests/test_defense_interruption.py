@@ -140,7 +140,7 @@ def test_feature_step_loss_matches_hand_computation():
     config = cfg(epochs=1, di_prob=0.0)
     stage = interruption._Stage1(
         interruption.prepare_victims(victims, torch.device("cpu"), channels_last=False, compile=False),
-        config, torch.device("cpu"), SIZE, 1)
+        config, x, attrs.float())
     stage.start_epoch(0)
     clean = stage.clean_pass(0, x, attrs.float())
     w = torch.full((1, 3, SIZE, SIZE), 0.03)
@@ -159,9 +159,10 @@ def test_feature_step_loss_matches_hand_computation():
 
 def _plan(shuffle: bool) -> interruption.DiversityDraw:
     config = cfg(shuffle_victims=shuffle, di_prob=1.0)
+    x, attrs = data(3 * config.batch_size)
     stage = interruption._Stage1(
         interruption.prepare_victims(standins(), torch.device("cpu"), channels_last=False, compile=False),
-        config, torch.device("cpu"), SIZE, 3)
+        config, x, attrs.float())
     stage.start_epoch(0)
     return stage.plan
 
@@ -202,6 +203,32 @@ def test_deterministic_with_a_seed_and_seed_matters():
     assert torch.equal(a.w, b.w) and a.history == b.history
     assert not torch.equal(a.w, c.w)
     assert len(a.history) == 2 * 2 * 4 and {r["step"] for r in a.history} == set(range(16))
+
+
+def test_every_clean_pass_runs_before_the_first_step_and_the_result_is_that_of_per_batch_passes(monkeypatch):
+    """``cache_clean="run"`` computes every batch's clean pass once, before the first step (on CUDA they overlap
+    the artifacts' loading); ``"batch"`` one per step. Same perturbation and history."""
+    x, attrs = data(9)
+    events: list[str] = []
+    clean_pass, step = interruption._Stage1.clean_pass, interruption._Stage1.step
+
+    def logged_clean_pass(self, batch, *args):
+        if batch not in self.cache:
+            events.append(f"clean {batch}")
+        return clean_pass(self, batch, *args)
+
+    def logged_step(self, epoch, batch, *args):
+        events.append(f"step {epoch}.{batch}")
+        return step(self, epoch, batch, *args)
+
+    monkeypatch.setattr(interruption._Stage1, "clean_pass", logged_clean_pass)
+    monkeypatch.setattr(interruption._Stage1, "step", logged_step)
+    whole_run = run_interruption(standins(), x, attrs, cfg())
+    assert events == ["clean 0", "clean 1", "clean 2", *(f"step {e}.{b}" for e in range(2) for b in range(3))]
+    events.clear()
+    per_batch = run_interruption(standins(), x, attrs, cfg(cache_clean="batch"))
+    assert events == [e for epoch in range(2) for b in range(3) for e in (f"step {epoch}.{b}", f"clean {b}")]
+    assert torch.equal(whole_run.w, per_batch.w) and whole_run.history == per_batch.history
 
 
 @pytest.mark.parametrize(("every", "stop_at", "resume_from"), [("batch", 17, 16), ("epoch", 13, 12)])

@@ -37,6 +37,11 @@ class LoopSettings:
     progress: bool = True
 
 
+def batch_slice(batch: int, batch_size: int, n: int) -> slice:
+    """The images of batch ``batch`` out of ``n`` in fixed batches of ``batch_size`` (the last may be short)."""
+    return slice(batch * batch_size, min((batch + 1) * batch_size, n))
+
+
 def _sync(pending: list[tuple[int, int, dict[str, Tensor]]], first_step: int) -> list[dict[str, float]]:
     """Copy pending ``(epoch, batch, record)`` entries to the host in one transfer and number them."""
     if not pending:
@@ -97,7 +102,7 @@ def run_loop(images: Tensor, attrs40: Tensor, tensors: dict[str, Tensor], *, set
             if start_epoch is not None and planned != state.epoch:
                 start_epoch(state.epoch)
             for b in range(state.batch, n_batches):
-                sl = slice(b * settings.batch_size, min((b + 1) * settings.batch_size, n))
+                sl = batch_slice(b, settings.batch_size, n)
                 pending.extend((state.epoch, b, rec) for rec in step(state.epoch, b, images[sl], attrs40[sl],
                                                                        state.tensors))
                 state.batch = b + 1

@@ -441,7 +441,6 @@ def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], ima
         det.to(device).eval()
     images = images.to(device=device, dtype=torch.float32)
     attrs40 = attrs40.to(device=device, dtype=torch.float32)
-    n_batches = -(-images.shape[0] // icfg.batch_size)
     m = len(victims)
     slots = 1 if config.universal_delta else icfg.batch_size
     state = {
@@ -450,7 +449,7 @@ def run_poisoning(victims: list[VictimLike], detectors: dict[str, Detector], ima
         "ema": torch.zeros(m, device=device),
         "weights": torch.full((m,), 1.0 / m, device=device),
     }
-    stage = _Stage2(_Stage1(prepared, stage1_config, device, size, n_batches),
+    stage = _Stage2(_Stage1(prepared, stage1_config, images, attrs40),
                     DetectorPoisoner(selected, config, size, device), config)
     with cudnn_autotune(device):  # as stage 1 (fixed shapes: the timing is paid in the first batch)
         final = run_loop(
