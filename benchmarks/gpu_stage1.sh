@@ -6,7 +6,7 @@
 # or loaded at their first call, Python or C++ wrapper; once joint artifacts, once with cuDNN's autotuning limited);
 # then Inductor's runtime imported late, the default path's steady state with and without streams and its whole
 # run, an eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with
-# an empty (cold) and a warm Inductor cache. About 8 min up to the AOT runs (estimated for an H200), 9 min more for
+# an empty (cold) and a warm Inductor cache. About 9 min up to the AOT runs (estimated for an H200), 9 min more for
 # the rest.
 # SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
 # (where the first epoch's time goes); STAGE2=1 adds stage 2's poisoning step at paper size (about 1 min);

@@ -35,8 +35,8 @@ Differences from the release, none of which changes the update:
   stored there; a later run with the same victim architectures and settings, config and shapes (any weights: they
   are the artifacts' inputs) loads them instead of tracing and compiling (``aot_compile``). One artifact per step
   kind (and victim), not one per batch: the feature step is compiled once for all its ``inner_steps`` calls. With
-  ``aot_prefetch`` the artifacts earlier runs built are loaded on a thread from the start, beside the first clean
-  pass.
+  ``aot_prefetch`` the artifacts earlier runs built are loaded on a thread from the start, beside the clean
+  passes.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class InterruptionConfig(AttackSettings):
     victim_streams: bool = True  # on CUDA: the victims side by side, each on a stream of its own
     aot_cache_dir: str | None = None  # compile the steps ahead of time (Inductor) and keep them here
     aot_options: dict[str, Any] | None = None  # Inductor config for that compilation, e.g. {"max_autotune": true}
-    aot_prefetch: bool = True  # load the artifacts earlier runs built on a thread, beside the first clean pass
+    aot_prefetch: bool = True  # load the artifacts earlier runs built on a thread, beside the clean passes
     checkpoint_every: Literal["batch", "epoch"] = "epoch"
 
     def __post_init__(self) -> None:
@@ -458,7 +458,7 @@ def run_interruption(victims: list[VictimLike], images: Tensor, attrs40: Tensor,
     """
     check_inputs("interruption", victims, images, attrs40)
     if config.aot_cache_dir is not None:
-        import_runtime_in_background()  # beside moving the victims and the first clean pass
+        import_runtime_in_background()  # beside moving the victims and the clean passes
     device = resolve_device(config.device)
     prepared = prepare_victims(victims, device, channels_last=config.channels_last, compile=config.compile)
     images = images.to(device=device, dtype=torch.float32)
