@@ -118,8 +118,8 @@ def test_live_tensors_are_read_at_each_call_and_the_others_come_from_the_saved_f
     assert torch.equal(AotCompiledFunction(fn, tmp_path, key="k", live={"weight": weight}, options=options)(a)[0],
                        torch.tensor([20.0, 21.0, 22.0]))
     with pytest.raises(RuntimeError, match=r"cannot load .*KeyError: 'weight'"):  # (another name: another file)
-        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight}, options=options)._load(next(tmp_path.glob("*.bin")),
-                                                                       torch.device("cpu"))
+        AotCompiledFunction(fn, tmp_path, key="k", live={"w": weight}, options=options)._load(
+            next(tmp_path.glob("*.bin")), torch.device("cpu"))
 
 
 def test_prefetch_loads_the_indexed_artifacts_on_a_thread_and_the_calls_use_them(tmp_path, monkeypatch, caplog):
