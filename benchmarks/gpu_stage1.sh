@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Stage-1 speed on a lent GPU (torch only, no kedro needed), as run for the numbers in benchmarks/README.md:
-# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: three processes at
-# once build the artifacts for the victims side by side on CUDA streams, those for one stream and those with
-# Inductor's C++ wrapper, then fresh processes load them for whole 30-epoch runs, alternating: prefetched on a thread
-# or loaded at their first call, Python or C++ wrapper; once joint artifacts, once with cuDNN's autotuning limited);
-# then Inductor's runtime imported late, the default path's steady state with and without streams and its whole
-# run, an eager kernel profile with the release-style fp32 reference, and torch.compile + graphs as whole runs with
-# an empty (cold) and a warm Inductor cache. About 9 min up to the AOT runs (estimated for an H200), 9 min more for
-# the rest.
-# SKIP_REST=1 stops after the AOT runs; PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile
-# (where the first epoch's time goes); STAGE2=1 adds stage 2's poisoning step at paper size (about 1 min);
-# EVAL_FID=1 the evaluation at paper size with LPIPS and FID (not estimated: never timed on a GPU);
-# AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those Inductor settings (a longer build) and a whole
-# run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds that code's steady state on the same card, for
-# A/B; PROFILE_WARM=1 adds a warm compiled run under the host profiler (about 60 s more).
-#   SKIP_REST=1 PYPROFILE=1 STAGE2=1 bash benchmarks/gpu_stage1.sh
+# a bytecode cache first; the CUDA tests; the steps compiled ahead of time (`aot_cache_dir`: parallel processes
+# build the artifacts for the victims side by side on CUDA streams and those with Inductor's C++ wrapper, then fresh
+# processes load them for whole 30-epoch runs, alternating: Python wrapper prefetched on a thread, C++ wrapper,
+# Python wrapper loaded at first call; once with cuDNN's autotuning limited); then Inductor's runtime imported late,
+# the default path's steady state with and without streams and its whole run, an eager kernel profile with the
+# release-style fp32 reference, and torch.compile + graphs as whole runs with an empty (cold) and a warm Inductor
+# cache. About 8-9 min up to the AOT runs (estimated from an H200's timings), 9 min more for the rest.
+# SKIP_REST=1 stops after the AOT runs; JOINT=1 also builds the one-stream (joint) artifacts and times a run;
+# PYPROFILE=1 adds a 2-epoch run loading the artifacts under cProfile (where the first epoch's time goes); STAGE2=1
+# adds stage 2's poisoning step at paper size (about 1 min); EVAL_FID=1 the evaluation at paper size with LPIPS and
+# FID (not estimated: never timed on a GPU); AOT_OPTIONS='{"max_autotune": true}' adds artifacts built with those
+# Inductor settings (a longer build) and a whole run loading them; BASELINE_SRC=DIR (a copy of an earlier src/) adds
+# that code's steady state on the same card, for A/B; PROFILE_WARM=1 adds a warm compiled run under the host
+# profiler (about 60 s more).
+#   SKIP_REST=1 PYPROFILE=1 bash benchmarks/gpu_stage1.sh   (within one 600-s call; more may be cut off)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1   # a crash prints its Python stack
 # The GPU image's Python writes no bytecode cache (session 19 on an H100: a process still compiled ~2,400 modules
@@ -38,35 +38,42 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
 TESTS=$!
 {
   AOT=$(mktemp -d); AOT1=$(mktemp -d); AOTC=$(mktemp -d)
-  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in three processes at once: for the"
-  echo "## victims side by side on CUDA streams (an end-to-end artifact each, the default), for one stream (one"
-  echo "## end-to-end artifact for all: victim_streams false) and with Inductor's C++ wrapper (aot_options"
-  echo "## cpp_wrapper: no Python launcher per kernel to rebuild on loading); the CUDA tests run beside them"
-  PYTHONPATH=src bench 300 --aot-cache "$AOT1" --full-epochs 1 --only-full-run --no-victim-streams \
-    > "$OUT/build_one_stream.txt" 2>&1 &
-  BUILD1=$!
+  echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in parallel processes: for the victims"
+  echo "## side by side on CUDA streams (an end-to-end artifact each, the default), with Inductor's C++ wrapper"
+  echo "## (aot_options cpp_wrapper: no Python launcher per kernel to rebuild on loading) and, with JOINT=1, for one"
+  echo "## stream (one end-to-end artifact for all: victim_streams false); the CUDA tests run beside them"
+  if [ "${JOINT:-0}" = 1 ]; then
+    PYTHONPATH=src bench 300 --aot-cache "$AOT1" --full-epochs 1 --only-full-run --no-victim-streams \
+      > "$OUT/build_one_stream.txt" 2>&1 &
+    BUILD1=$!
+  fi
   PYTHONPATH=src bench 360 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 1 --only-full-run \
     > "$OUT/build_cpp_wrapper.txt" 2>&1 &
   BUILDC=$!
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
-  while kill -0 $BUILD1 2>/dev/null; do sleep 1; done
-  echo "## the one-stream build:"; grep -v DEBUG "$OUT/build_one_stream.txt" | tail -4
   while kill -0 $TESTS 2>/dev/null; do sleep 1; done; echo "## CUDA tests:"; cat "$OUT/tests.txt"
   wait $BUILDC; CPP_BUILT=$?   # its runs below only if it built (no 90-s rebuild attempts)
   echo "## the C++-wrapper build (exit status $CPP_BUILT):"; grep -v DEBUG "$OUT/build_cpp_wrapper.txt" | tail -4
-  echo "## whole 30-epoch runs loading the artifacts (fresh processes), alternating: streams with the artifacts loaded"
-  echo "## on a thread from the start (the default), the same loading each at its first call, Inductor's C++ wrapper"
-  echo "## (prefetched), one stream (prefetched; once)"
+  if [ "${JOINT:-0}" = 1 ]; then
+    wait $BUILD1; JOINT_BUILT=$?
+    echo "## the one-stream build (exit status $JOINT_BUILT):"; grep -v DEBUG "$OUT/build_one_stream.txt" | tail -4
+  fi
+  echo "## whole 30-epoch runs loading the artifacts (fresh processes), alternating, most wanted first: streams with"
+  echo "## the artifacts loaded on a thread from the start (the default), Inductor's C++ wrapper (prefetched), the"
+  echo "## default loading each artifact at its first call"
   for _ in 1 2; do
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
-    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-aot-prefetch
     if [ $CPP_BUILT = 0 ]; then
       PYTHONPATH=src bench 90 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 30 --only-full-run
     fi
+    PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-aot-prefetch
   done
-  PYTHONPATH=src bench 90 --aot-cache "$AOT1" --full-epochs 30 --only-full-run --no-victim-streams
   echo "## the default, cuDNN's autotuning limited to 3 algorithms per convolution"
   PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --cudnn-benchmark-limit 3
+  if [ "${JOINT_BUILT:-1}" = 0 ]; then
+    echo "## one stream, one end-to-end artifact for all victims (prefetched)"
+    PYTHONPATH=src bench 90 --aot-cache "$AOT1" --full-epochs 30 --only-full-run --no-victim-streams
+  fi
   if [ "${STAGE2:-0}" = 1 ]; then
     echo "## stage 2: one poisoning call (clean reference + 50 Adam steps) against S3FD, DSFD and RetinaFace"
     echo "## (random weights of the official architectures), 256 px, batch 8"
