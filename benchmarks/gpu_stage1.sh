@@ -37,7 +37,7 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
    tests/test_cuda_graphs.py 2>&1 | tail -3 > "$OUT/tests.txt") &
 TESTS=$!
 {
-  AOT=$(mktemp -d); AOT1=$(mktemp -d); AOTC=$(mktemp -d)
+  AOT=$(mktemp -d); AOT1=$(mktemp -d); AOTC=$(mktemp -d); CPP_WRAPPER='{"cpp_wrapper": true}'
   echo "## AOT-compiled steps + CUDA graphs: building the artifacts (one epoch) in parallel processes: for the victims"
   echo "## side by side on CUDA streams (an end-to-end artifact each, the default), with Inductor's C++ wrapper"
   echo "## (aot_options cpp_wrapper: no Python launcher per kernel to rebuild on loading) and, with JOINT=1, for one"
@@ -47,7 +47,7 @@ TESTS=$!
       > "$OUT/build_one_stream.txt" 2>&1 &
     BUILD1=$!
   fi
-  PYTHONPATH=src bench 360 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 1 --only-full-run \
+  PYTHONPATH=src bench 360 --aot-cache "$AOTC" --aot-options "$CPP_WRAPPER" --full-epochs 1 --only-full-run \
     > "$OUT/build_cpp_wrapper.txt" 2>&1 &
   BUILDC=$!
   PYTHONPATH=src bench 300 --aot-cache "$AOT" --full-epochs 1 --only-full-run --breakdown
@@ -64,7 +64,7 @@ TESTS=$!
   for _ in 1 2; do
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run
     if [ $CPP_BUILT = 0 ]; then
-      PYTHONPATH=src bench 90 --aot-cache "$AOTC" --aot-options '{"cpp_wrapper": true}' --full-epochs 30 --only-full-run
+      PYTHONPATH=src bench 90 --aot-cache "$AOTC" --aot-options "$CPP_WRAPPER" --full-epochs 30 --only-full-run
     fi
     PYTHONPATH=src bench 90 --aot-cache "$AOT" --full-epochs 30 --only-full-run --no-aot-prefetch
   done
